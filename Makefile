@@ -1,0 +1,55 @@
+# SimPool Serve: `make serve` and `make test` on a fresh machine (Python 3.11+, make).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# onnxruntime flavour for the service: cpu (default) or gpu.
+RUNTIME ?= cpu
+EXTRAS ?= $(RUNTIME),export,dev
+comma := ,
+STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
+MODEL_REPOSITORY ?= model_repository
+HOST ?= 0.0.0.0
+PORT ?= 8000
+DEFAULT_MODELS := $(MODEL_REPOSITORY)/resnet50_simpool/manifest.json $(MODEL_REPOSITORY)/vit_small_simpool/manifest.json
+
+.PHONY: install serve test lint models bench clean
+
+install: $(STAMP)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Re-installs only when pyproject.toml changes (or the extras do).
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[$(EXTRAS)]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+# The default models: untrained (random weights, seed 0) until you export real checkpoints.
+$(MODEL_REPOSITORY)/resnet50_simpool/manifest.json: | $(STAMP)
+	$(BIN)/simpool-export --arch resnet50 --random-init --seed 0 --name resnet50_simpool \
+		--out $(MODEL_REPOSITORY)/resnet50_simpool
+
+$(MODEL_REPOSITORY)/vit_small_simpool/manifest.json: | $(STAMP)
+	$(BIN)/simpool-export --arch vit_small_patch16_224 --random-init --seed 0 --name vit_small_simpool \
+		--out $(MODEL_REPOSITORY)/vit_small_simpool
+
+models: $(DEFAULT_MODELS)
+
+serve: $(STAMP) $(DEFAULT_MODELS)
+	SIMPOOL_DEFAULT_MODEL=$${SIMPOOL_DEFAULT_MODEL:-resnet50_simpool} \
+		$(BIN)/simpool-serve --model-dir $(MODEL_REPOSITORY) --host $(HOST) --port $(PORT)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/pytest
+
+bench: $(STAMP)
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

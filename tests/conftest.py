@@ -1,0 +1,151 @@
+"""Shared fixtures: real photographs, small exported models, a real server on loopback.
+
+Exports are session-scoped: each small model is traced once per test run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+BIN = Path(sys.executable).parent
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# The two small models every service test serves: a CNN with a classifier and a ViT without.
+SMALL_MODELS: dict[str, list[str]] = {
+    "resnet18": ["--arch", "resnet18", "--num-classes", "1000"],
+    "vit_tiny": ["--arch", "vit_tiny_patch16_224", "--num-classes", "0"],
+}
+
+
+def run_export(out: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Runs the real `simpool-export` console script."""
+    cmd = [str(BIN / "simpool-export"), "--out", str(out), *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def model_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model repository with resnet18 (1000 classes) and vit_tiny (no classifier), random init."""
+    root = tmp_path_factory.mktemp("model_repository")
+    for name, args in SMALL_MODELS.items():
+        run_export(root / name, *args, "--name", name, "--random-init", "--seed", "0")
+    return root
+
+
+@pytest.fixture(scope="session")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Real photographs from scikit-image, written as files in several formats and sizes."""
+    import skimage.data as data
+
+    root = tmp_path_factory.mktemp("photos")
+    out: dict[str, Path] = {}
+    for name in ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry"):
+        img = Image.fromarray(getattr(data, name)())
+        out[f"{name}.jpg"] = root / f"{name}.jpg"
+        img.save(out[f"{name}.jpg"], quality=92)
+    Image.fromarray(data.camera()).save(root / "camera.png")  # grayscale
+    out["camera.png"] = root / "camera.png"
+    Image.fromarray(data.logo()).save(root / "logo.png")  # RGBA
+    out["logo.png"] = root / "logo.png"
+    Image.fromarray(data.coffee()).save(root / "coffee.webp")
+    out["coffee.webp"] = root / "coffee.webp"
+    # The benchmark's size: 500x375.
+    Image.fromarray(data.chelsea()).resize((500, 375), Image.BICUBIC).save(root / "chelsea_500x375.jpg")
+    out["chelsea_500x375.jpg"] = root / "chelsea_500x375.jpg"
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Server:
+    url: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def client(self, **kwargs: object) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=60, **kwargs)  # type: ignore[arg-type]
+
+    def read_log(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@contextlib.contextmanager
+def start_server(
+    model_dir: Path, log_dir: Path, env: dict[str, str] | None = None, ready_timeout: float = 120
+) -> Iterator[Server]:
+    """Starts a real `simpool-serve` process on loopback and waits for /readyz."""
+    port = free_port()
+    log = log_dir / f"serve-{port}.log"
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("SIMPOOL_")}
+    full_env.update({"SIMPOOL_PROVIDERS": "CPUExecutionProvider", **(env or {})})
+    with log.open("wb") as fh:
+        proc = subprocess.Popen(
+            [
+                str(BIN / "simpool-serve"),
+                "--model-dir",
+                str(model_dir),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+        )
+    server = Server(url=f"http://127.0.0.1:{port}", proc=proc, log=log)
+    try:
+        deadline = time.monotonic() + ready_timeout
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError(f"simpool-serve exited ({proc.returncode}):\n{server.read_log()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{server.url}/readyz", timeout=2).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise AssertionError(f"simpool-serve not ready in {ready_timeout}s:\n{server.read_log()}")
+            time.sleep(0.2)
+        yield server
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture(scope="session")
+def server(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One shared server over the small models, default settings (no API key)."""
+    with start_server(
+        model_repo, tmp_path_factory.mktemp("logs"), {"SIMPOOL_DEFAULT_MODEL": "resnet18"}
+    ) as s:
+        yield s
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
