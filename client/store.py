@@ -1,0 +1,120 @@
+"""The Parquet file `simpool-embed` writes: its schema, what a re-run may keep, and atomic replacement.
+
+Rows stay Arrow data end to end (no Python lists of floats), so resuming over a large
+index costs little more than reading it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+SCHEMA = pa.schema(
+    [
+        ("path", pa.string()),
+        ("sha256", pa.string()),
+        ("model", pa.string()),
+        ("fingerprint", pa.string()),
+        ("embedding", pa.list_(pa.float32())),
+        ("error", pa.string()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class Row:
+    path: str
+    sha256: str
+    model: str
+    fingerprint: str
+    embedding: np.ndarray | None
+    error: str | None
+
+
+def empty_table() -> pa.Table:
+    return SCHEMA.empty_table()
+
+
+def rows_to_table(rows: list[Row]) -> pa.Table:
+    return pa.table(
+        {
+            "path": [r.path for r in rows],
+            "sha256": [r.sha256 for r in rows],
+            "model": [r.model for r in rows],
+            "fingerprint": [r.fingerprint for r in rows],
+            "embedding": pa.array(
+                [None if r.embedding is None else np.asarray(r.embedding, np.float32) for r in rows],
+                type=SCHEMA.field("embedding").type,
+            ),
+            "error": [r.error for r in rows],
+        },
+        schema=SCHEMA,
+    )
+
+
+def read_existing(path: Path) -> tuple[pa.Table, str | None]:
+    """The previous run's rows (empty when there is none) and a warning when the file could not be used."""
+    if not path.exists():
+        return empty_table(), None
+    try:
+        table = pq.read_table(path)
+        return table.select(SCHEMA.names).cast(SCHEMA), None
+    except (OSError, KeyError, ValueError, pa.ArrowException) as exc:
+        return (
+            empty_table(),
+            f"ignoring {path} (not a simpool-embed file: {exc}); it will be replaced",
+        )
+
+
+def reusable(existing: pa.Table, current: dict[str, str], fingerprint: str) -> pa.Table:
+    """Rows of `existing` still valid: the file is unchanged (same sha256), the fingerprint is the
+    current model's, and the row holds an embedding (failures are tried again)."""
+    if existing.num_rows == 0:
+        return existing
+    paths = existing.column("path").to_pylist()
+    shas = existing.column("sha256").to_pylist()
+    fps = existing.column("fingerprint").to_pylist()
+    ok = pc.is_null(existing.column("error")).to_pylist()
+    seen: set[str] = set()
+    keep = []
+    for i, (p, sha, fp, good) in enumerate(zip(paths, shas, fps, ok, strict=True)):
+        if good and fp == fingerprint and current.get(p) == sha and p not in seen:
+            keep.append(i)
+            seen.add(p)
+    return existing.take(pa.array(keep, pa.int64()))
+
+
+def combine(kept: pa.Table, new_rows: list[Row]) -> pa.Table:
+    """Kept and new rows as one table sorted by path (a path appears once: new rows win)."""
+    new = rows_to_table(new_rows)
+    if new.num_rows and kept.num_rows:
+        replaced = pa.array(list({r.path for r in new_rows}), pa.string())
+        kept = kept.filter(pc.invert(pc.is_in(kept.column("path"), value_set=replaced)))
+    table = pa.concat_tables([kept, new]) if kept.num_rows else new
+    return table.sort_by("path")
+
+
+def write_atomic(table: pa.Table, path: Path, metadata: dict[str, str] | None = None) -> None:
+    """Writes next to `path` and renames over it: a reader (or a crash) never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if metadata:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            pq.write_table(table, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,37 @@
+"""Finding the images under a folder and identifying their content."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+# The formats the service decodes (CONTRACT §3), by the extensions they are saved with.
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+
+
+def find_images(root: Path) -> list[str]:
+    """Paths (relative to `root`, '/'-separated, sorted) of every image file below it.
+
+    Relative paths keep an index valid when the folder is moved or mounted elsewhere.
+    Symlinked folders are not followed, so a link cycle cannot make the walk endless.
+    """
+    found: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in filenames:
+            if Path(name).suffix.lower() in IMAGE_EXTENSIONS and not name.startswith("."):
+                found.append(Path(dirpath, name).relative_to(root).as_posix())
+    return sorted(found)
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
