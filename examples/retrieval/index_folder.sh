@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Index a folder of images end to end: embed (resumable), then build the FAISS index.
+#   examples/retrieval/index_folder.sh PHOTOS_DIR WORK_DIR [simpool-embed options, e.g. --url URL | --local DIR]
+# Re-running it embeds only new or changed photos (or everything, after a model change).
+set -euo pipefail
+if [ $# -lt 2 ]; then
+    echo "usage: $0 SOURCE_DIR WORK_DIR [simpool-embed options]" >&2
+    exit 2
+fi
+src=$1 work=$2
+shift 2
+here=$(cd "$(dirname "$0")" && pwd)
+# The venv that has simpool-embed also has the python that runs build_index.py.
+bin=${SIMPOOL_BIN:-$(dirname "$(command -v simpool-embed)")}
+mkdir -p "$work"
+status=0
+"$bin/simpool-embed" "$src" --out "$work/embeddings.parquet" "$@" || status=$?
+if [ "$status" -gt 1 ]; then
+    exit "$status"  # could not run at all; exit 1 (some images failed) still gives a usable index
+fi
+"$bin/python" "$here/build_index.py" "$work/embeddings.parquet" --out "$work/index"
+exit "$status"

@@ -1,0 +1,80 @@
+"""Query a FAISS index built by `build_index.py` with one or more images.
+
+    python query.py index/ photo.jpg [more.jpg ...] [-k 5] [--url URL | --local MODEL_DIR] [--json]
+
+The query is embedded by the same model as the index (a running simpool-serve, or
+in-process with --local) and must carry the same fingerprint: otherwise the scores
+would compare vectors from different spaces, so the script refuses (exit 3).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+import faiss
+import numpy as np
+from simpool_serve.client import SimPoolClient
+from simpool_serve.client.backends import LocalBackend, default_url
+
+
+def embed_queries(images: list[Path], args: argparse.Namespace, model: str) -> tuple[np.ndarray, str]:
+    """L2-normalised query vectors [Q, D] and the fingerprint of the model that made them."""
+    if args.local is not None:
+        backend = LocalBackend(args.local, model=model)
+        outcomes = asyncio.run(backend.embed([p.read_bytes() for p in images]))
+        bad = [f"{p}: {o.error}" for p, o in zip(images, outcomes, strict=True) if o.error]
+        if bad:
+            raise SystemExit("cannot embed " + "; ".join(bad))
+        return np.stack([o.embedding for o in outcomes]), backend.fingerprint
+    with SimPoolClient(args.url or default_url(), api_key=args.api_key) as client:
+        result = client.embed(images, model=model)
+    return result.embeddings, result.fingerprint
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("index", type=Path, help="folder written by build_index.py")
+    p.add_argument("images", type=Path, nargs="+")
+    p.add_argument("-k", type=int, default=5, help="results per query (default 5)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--url", help="simpool-serve (default: $SIMPOOL_URL or http://127.0.0.1:8000)")
+    where.add_argument("--local", type=Path, metavar="MODEL_DIR", help="embed in-process")
+    p.add_argument("--api-key", default=None)
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    args = p.parse_args(argv)
+
+    meta = json.loads((args.index / "index.json").read_text())
+    index = faiss.read_index(str(args.index / "index.faiss"))
+    queries, fingerprint = embed_queries(args.images, args, meta["model"])
+    if fingerprint != meta["fingerprint"]:
+        print(
+            f"the index was built with fingerprint {meta['fingerprint']}, the model now answers"
+            f" {fingerprint}: re-run simpool-embed and build_index.py",
+            file=sys.stderr,
+        )
+        return 3
+    scores, ids = index.search(np.ascontiguousarray(queries, np.float32), min(args.k, index.ntotal))
+    results = {
+        str(q): [
+            {"rank": r + 1, "path": meta["paths"][i], "score": float(s)}
+            for r, (i, s) in enumerate(zip(ids[n], scores[n], strict=True))
+            if i >= 0
+        ]
+        for n, q in enumerate(args.images)
+    }
+    if args.json:
+        print(json.dumps({"model": meta["model"], "fingerprint": fingerprint, "results": results}))
+        return 0
+    for query, hits in results.items():
+        print(f"{query}  ({meta['model']})")
+        for hit in hits:
+            print(f"  {hit['rank']:>3}. {hit['score']:.4f}  {hit['path']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
