@@ -1,0 +1,176 @@
+"""`simpool-export`: checkpoint (or random init) -> verified model.onnx + manifest.json (CONTRACT §2).
+
+Exit codes: 0 written and verified; 1 the parity gate failed (nothing is left behind);
+2 bad arguments, or a checkpoint that is refused, unreadable or does not match the model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import onnx
+import torch
+from simpool_serve.export.graph import DEFAULT_OPSET, ServingGraph, export_onnx
+from simpool_serve.export.manifest import ManifestInputs, build_manifest, write_manifest
+from simpool_serve.export.parity import FP16_TOLERANCE, FP32_TOLERANCE, check_parity
+from simpool_serve.export.preprocess import preprocessing_for
+from simpool_serve.models.checkpoint import (
+    UNSET,
+    ImportedCheckpoint,
+    import_checkpoint,
+    load_weights,
+    resolve_config,
+)
+from simpool_serve.models.model import build_model
+from simpool_serve.models.remote import resolve_checkpoint
+from simpool_serve.models.safe_load import CheckpointError, CheckpointRefused, load_file
+
+EXIT_PARITY = 1
+EXIT_USAGE = 2
+
+
+def _gamma(text: str) -> float | None:
+    if text.lower() in ("none", "null"):
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'none', got {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="simpool-export",
+        description="Export a SimPool model (timm backbone + SimPool head) to a verified ONNX graph.",
+    )
+    p.add_argument("--arch", help="timm ResNet, ConvNeXt or ViT name (default: from the checkpoint's args)")
+    p.add_argument("--out", required=True, type=Path, help="output folder for model.onnx and manifest.json")
+    p.add_argument(
+        "--checkpoint", help="path, hf://OWNER/REPO/FILE or https URL (.pth, .pth.tar, .safetensors)"
+    )
+    p.add_argument(
+        "--checkpoint-key",
+        help="weights to take: state_dict (default) or state_dict_ema; teacher (default) or student",
+    )
+    p.add_argument(
+        "--gamma", type=_gamma, default=UNSET, help="SimPool γ, or 'none' (default: checkpoint, else paper)"
+    )
+    p.add_argument("--name", help="model name in the manifest (default: the --out folder's name)")
+    p.add_argument(
+        "--num-classes", type=int, help="classifier classes; 0 = no classifier (default: checkpoint)"
+    )
+    p.add_argument("--image-size", type=int, help="input side S in pixels (default 224)")
+    p.add_argument(
+        "--random-init", action="store_true", help="untrained random weights (for tests and demos)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed for --random-init (default 0)")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
+    p.add_argument("--fp16", action="store_true", help="half-precision weights; input uint8, outputs float32")
+    return p
+
+
+def _load(args: argparse.Namespace) -> tuple[ImportedCheckpoint | None, str | None]:
+    if args.random_init:
+        return None, None
+    path = resolve_checkpoint(args.checkpoint)
+    from simpool_serve.export.manifest import sha256_file
+
+    sha = sha256_file(path) if path.is_file() else None
+    imported = import_checkpoint(load_file(path), key=args.checkpoint_key)
+    print(f"checkpoint: {path} ({imported.format} layout, sha256 {sha})")
+    return imported, sha
+
+
+def run(args: argparse.Namespace) -> int:
+    t0 = time.perf_counter()
+    imported, ckpt_sha = _load(args)
+    config = resolve_config(imported, args.arch, args.gamma, args.num_classes, args.image_size)
+    model = build_model(config, seed=args.seed if args.random_init else None)
+    if imported is not None:
+        for note in load_weights(model, imported):
+            print(f"note: {note}")
+    print(
+        f"model: {config.arch} ({model.family}, placement {model.placement}), γ={config.gamma}, "
+        f"β={'yes' if config.use_beta else 'no'}, classes={config.num_classes}, dim={model.embedding_dim}"
+    )
+
+    dino = imported is not None and imported.format == "dino"
+    pre = preprocessing_for(config.arch, config.image_size, dino=dino)
+    reference = ServingGraph(model, pre.mean, pre.std).eval()
+    with torch.no_grad():
+        _, attention, _ = model(torch.zeros(1, 3, config.image_size, config.image_size))
+    grid = (int(attention.shape[1]), int(attention.shape[2]))
+    graph = reference
+    if args.fp16:
+        graph = ServingGraph(copy.deepcopy(model).half(), pre.mean, pre.std).half().eval()
+
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    onnx_path, manifest_path = out / "model.onnx", out / "manifest.json"
+    manifest_path.unlink(missing_ok=True)  # never leave a manifest that describes another graph
+    export_onnx(graph, onnx_path, config.image_size, args.opset)
+    onnx.checker.check_model(str(onnx_path), full_check=True)
+    print(f"wrote {onnx_path} ({onnx_path.stat().st_size / 1e6:.1f} MB, opset {args.opset})")
+
+    tolerance = FP16_TOLERANCE if args.fp16 else FP32_TOLERANCE
+    errors = check_parity(onnx_path, reference, config.image_size)
+    report = ", ".join(f"{k} {v:.2e}" for k, v in errors.items())
+    print(f"parity (onnxruntime CPU vs PyTorch fp32, batch 1 and 3), worst relative error: {report}")
+    if any(v > tolerance for v in errors.values()):
+        onnx_path.unlink(missing_ok=True)
+        print(f"error: parity above {tolerance:g}: the graph was removed", file=sys.stderr)
+        return EXIT_PARITY
+
+    inputs = ManifestInputs(
+        name=args.name or out.resolve().name,
+        arch=config.arch,
+        family=model.family,
+        placement=model.placement,
+        embedding_dim=model.embedding_dim,
+        num_classes=config.num_classes,
+        grid=grid,
+        gamma=config.gamma,
+        use_beta=config.use_beta,
+        weights="random" if imported is None else "checkpoint",
+        checkpoint_sha256=ckpt_sha,
+        checkpoint_format=imported.format if imported else None,
+        seed=args.seed if imported is None else None,
+        opset=args.opset,
+        precision="fp16" if args.fp16 else "fp32",
+        outputs=graph.output_names,
+    )
+    write_manifest(build_manifest(inputs, pre, onnx_path, errors), manifest_path)
+    print(f"wrote {manifest_path} in {time.perf_counter() - t0:.1f}s")
+    if imported is None:
+        print("warning: random weights — this model is untrained and its answers are meaningless")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.random_init == bool(args.checkpoint):
+        parser.error("pass exactly one of --checkpoint or --random-init")
+    if args.image_size is not None and args.image_size < 32:
+        parser.error("--image-size must be at least 32")
+    try:
+        return run(args)
+    except CheckpointRefused as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (CheckpointError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _entry() -> Any:  # pragma: no cover - `python -m simpool_serve.export.cli`
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    _entry()

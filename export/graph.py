@@ -1,0 +1,67 @@
+"""The served graph: uint8 NHWC pixels in, SimPool outputs out, normalisation inside.
+
+Putting the normalisation into the graph means a client (or the service) only has to resize and
+crop: the mean/std a model was trained with can never be applied twice or forgotten.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from simpool_serve.models.model import SimPoolModel
+from torch import nn
+
+INPUT_NAME = "images"
+OUTPUT_NAMES_ALL = ("embedding", "attention", "logits")
+# Pinned: opset 18 has LayerNormalization and ReduceMin with axes as an input; onnxruntime ≥ 1.14 runs it.
+DEFAULT_OPSET = 18
+
+
+class ServingGraph(nn.Module):
+    """Wraps a SimPoolModel with the serving contract's input and outputs."""
+
+    def __init__(self, model: SimPoolModel, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.model = model
+        # On the 0..255 scale so that the graph needs a single subtract and divide.
+        self.register_buffer("mean", torch.tensor([m * 255.0 for m in mean]).reshape(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor([s * 255.0 for s in std]).reshape(1, 3, 1, 1))
+
+    @property
+    def output_names(self) -> list[str]:
+        return list(OUTPUT_NAMES_ALL if self.model.head is not None else OUTPUT_NAMES_ALL[:2])
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """images: uint8 (N, S, S, 3) RGB -> float32 outputs in `output_names` order."""
+        x = images.permute(0, 3, 1, 2).to(self.mean.dtype)  # (N, 3, S, S)
+        x = (x - self.mean) / self.std
+        embedding, attention, logits = self.model(x)
+        outs = [embedding.float(), attention.float()]
+        if logits is not None:
+            outs.append(logits.float())
+        return tuple(outs)
+
+
+def export_onnx(graph: ServingGraph, path: Path, image_size: int, opset: int = DEFAULT_OPSET) -> None:
+    """Writes a single-file ONNX graph with a dynamic batch axis.
+
+    Uses the dynamo exporter (torch.export + onnxscript): its graph is about half the size of the
+    TorchScript exporter's, keeps every non-batch dimension static (the TorchScript one loses the
+    embedding width to a symbolic name), and runs its own graph optimiser. It costs a few seconds more.
+    """
+    example = torch.randint(0, 256, (2, image_size, image_size, 3), dtype=torch.uint8)
+    with torch.no_grad():
+        program = torch.onnx.export(
+            graph,
+            (example,),
+            input_names=[INPUT_NAME],
+            output_names=graph.output_names,
+            dynamic_shapes={INPUT_NAME: {0: torch.export.Dim("N", min=1, max=4096)}},
+            opset_version=opset,
+            dynamo=True,
+            external_data=False,
+            verbose=False,
+        )
+    program.save(str(path), external_data=False)

@@ -1,0 +1,87 @@
+"""manifest.json: what the service needs to know about a graph without reading it (CONTRACT §2)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from simpool_serve.export.preprocess import Preprocessing
+
+from simpool_serve import __version__
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def imagenet_labels() -> list[str]:
+    """The 1000 ImageNet-1k class names in class-index order, as timm ships them."""
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo()
+    return [info.index_to_description(i) for i in range(1000)]
+
+
+@dataclass(frozen=True)
+class ManifestInputs:
+    name: str
+    arch: str
+    family: str
+    placement: str
+    embedding_dim: int
+    num_classes: int
+    grid: tuple[int, int]
+    gamma: float | None
+    use_beta: bool
+    weights: str  # "checkpoint" or "random"
+    checkpoint_sha256: str | None
+    checkpoint_format: str | None
+    seed: int | None
+    opset: int
+    precision: str  # "fp32" or "fp16"
+    outputs: list[str]
+
+
+def build_manifest(
+    inputs: ManifestInputs, pre: Preprocessing, onnx_path: Path, parity: dict[str, float]
+) -> dict[str, object]:
+    m = inputs
+    return {
+        "name": m.name,
+        "arch": m.arch,
+        "family": m.family,
+        "placement": m.placement,
+        "embedding_dim": int(m.embedding_dim),
+        "num_classes": int(m.num_classes),
+        "input_size": int(pre.input_size),
+        "grid": [int(m.grid[0]), int(m.grid[1])],
+        "mean": [float(v) for v in pre.mean],
+        "std": [float(v) for v in pre.std],
+        "resize": int(pre.resize),
+        "interpolation": pre.interpolation,
+        "gamma": None if m.gamma is None else float(m.gamma),
+        "use_beta": bool(m.use_beta),
+        "weights": m.weights,
+        "checkpoint_sha256": m.checkpoint_sha256,
+        "checkpoint_format": m.checkpoint_format,
+        "seed": m.seed,
+        "onnx_sha256": sha256_file(onnx_path),
+        "labels": imagenet_labels() if m.num_classes == 1000 else None,
+        "opset": int(m.opset),
+        "precision": m.precision,
+        "outputs": list(m.outputs),
+        "parity": {k: float(v) for k, v in parity.items()},
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "exporter_version": __version__,
+    }
+
+
+def write_manifest(manifest: dict[str, object], path: Path) -> None:
+    path.write_text(json.dumps(manifest, indent=2) + "\n")
