@@ -1,0 +1,96 @@
+"""examples/retrieval end to end on real photographs: simpool-embed → FAISS → query, via a real server."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import BIN, REPO_ROOT, Server
+from PIL import Image
+
+EXAMPLE = REPO_ROOT / "examples" / "retrieval"
+# More of scikit-image's photographs (shipped with it, no download), beside the shared fixture's.
+EXTRA = ("brick", "clock", "coins", "grass", "gravel", "hubble_deep_field", "moon", "retina")
+
+
+def run(*cmd: object, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(c) for c in cmd], capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})}
+    )
+
+
+@pytest.fixture(scope="module")
+def collection(photos: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A folder of photos, and a folder of their re-encoded (JPEG q80), 90%-size copies."""
+    import skimage.data as data
+
+    src, copies = tmp_path_factory.mktemp("collection"), tmp_path_factory.mktemp("copies")
+    for name, path in photos.items():
+        shutil.copy(path, src / name)
+    for name in EXTRA:
+        Image.fromarray(getattr(data, name)()).convert("RGB").save(src / f"{name}.jpg", quality=92)
+    for path in src.iterdir():
+        img = Image.open(path).convert("RGB")
+        img = img.resize((round(img.width * 0.9), round(img.height * 0.9)), Image.Resampling.BICUBIC)
+        img.save(copies / f"{path.name}.copy.jpg", quality=80)
+    return src, copies
+
+
+def test_photos_find_themselves_and_their_copies(
+    server: Server, collection: tuple[Path, Path], tmp_path: Path
+) -> None:
+    src, copies = collection
+    work = tmp_path / "work"
+    proc = run(
+        "bash", EXAMPLE / "index_folder.sh", src, work, "--url", server.url, env={"SIMPOOL_BIN": str(BIN)}
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    originals = sorted(src.iterdir())
+    assert f"indexed {len(originals)} images" in proc.stdout
+    meta = json.loads((work / "index" / "index.json").read_text())
+    assert meta["model"] == "resnet18" and meta["fingerprint"]
+
+    queries = originals + sorted(copies.iterdir())
+    query = [BIN / "python", EXAMPLE / "query.py", work / "index"]
+    proc = run(*query, *queries, "-k", "3", "--url", server.url, "--json")
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(proc.stdout)["results"]
+    for path in originals:
+        top = results[str(path)]
+        assert top[0]["path"] == path.name, (path.name, top)
+        assert top[0]["score"] == pytest.approx(1.0, abs=1e-4)
+    for path in copies.iterdir():
+        original = path.name.removesuffix(".copy.jpg")
+        assert original in [hit["path"] for hit in results[str(path)]], (original, results[str(path)])
+
+    # The human-readable form of the same query.
+    proc = run(*query, originals[0], "--url", server.url)
+    assert proc.returncode == 0 and f"1. 1.0000  {originals[0].name}" in proc.stdout, proc.stdout
+
+
+def test_query_refuses_an_index_from_another_model(
+    server: Server, collection: tuple[Path, Path], tmp_path: Path
+) -> None:
+    src, _ = collection
+    embeddings = tmp_path / "emb.parquet"
+    assert (
+        run(
+            BIN / "simpool-embed", src, "--out", embeddings, "--url", server.url, "--model", "vit_tiny"
+        ).returncode
+        == 0
+    )
+    assert (
+        run(BIN / "python", EXAMPLE / "build_index.py", embeddings, "--out", tmp_path / "idx").returncode == 0
+    )
+    meta_path = tmp_path / "idx" / "index.json"
+    meta = json.loads(meta_path.read_text())
+    meta["fingerprint"] = "0" * 16  # as if the model had been re-exported since the index was built
+    meta_path.write_text(json.dumps(meta))
+    proc = run(
+        BIN / "python", EXAMPLE / "query.py", tmp_path / "idx", next(src.iterdir()), "--url", server.url
+    )
+    assert proc.returncode == 3 and "re-run simpool-embed" in proc.stderr
