@@ -1,0 +1,219 @@
+"""Batch → answers: a per-model dynamic batcher on the event loop, feeding one inference thread.
+
+Images of all requests join one bounded queue. A batch runs as soon as the inference thread is free and
+either the batch is full, the oldest image has waited `max_delay_s`, or the image arrived at an idle
+model (a lone request never waits for the window). Answers go back to their request by position, so
+the images of one request may span batches. One failing batch fails only its requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+import numpy as np
+from simpool_serve.service.errors import INFERENCE_FAILED, ServiceError, unavailable
+from simpool_serve.service.metrics import Metrics
+
+log = logging.getLogger("simpool_serve.batcher")
+
+Outputs = dict[str, np.ndarray]
+
+
+@dataclass(eq=False)
+class Job:
+    """One request's images in flight: answers are filled in by position as batches finish."""
+
+    results: list[Outputs | None]
+    future: asyncio.Future[list[Outputs | None]]
+    enqueued_at: float
+    remaining: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.remaining = len(self.results)
+
+
+@dataclass(slots=True)
+class _Item:
+    job: Job
+    index: int
+    pixels: np.ndarray
+
+
+class Batcher:
+    """Owns one model's queue and its inference thread; `run` is the graph (an `OnnxRunner.run`)."""
+
+    def __init__(
+        self,
+        model: str,
+        run: Callable[[np.ndarray], Outputs],
+        executor: Executor,
+        *,
+        max_batch_size: int,
+        max_delay_s: float,
+        max_queue: int,
+        metrics: Metrics,
+    ) -> None:
+        self.model = model
+        self._run = run
+        self._executor = executor
+        self.max_batch_size = max_batch_size
+        self.max_delay_s = max_delay_s
+        self.max_queue = max_queue
+        self._metrics = metrics
+        self._queue: deque[_Item] = deque()
+        self._reserved = 0  # images admitted and still decoding
+        self._busy = False
+        self._run_now = False  # the queue's head arrived at an idle model
+        self._closing = False
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._depth = metrics.queue_depth.labels(model)
+        self._batch_size = metrics.batch_size.labels(model)
+        self._inference = metrics.inference_duration.labels(model)
+        self._stage_inference = metrics.stage_duration.labels(model, "inference")
+        self._stage_wait = metrics.stage_duration.labels(model, "queue_wait")
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher:{self.model}")
+        self._task.add_done_callback(self._on_exit)
+
+    @property
+    def alive(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def close(self) -> None:
+        """Stops taking images, runs everything already queued, then ends the loop."""
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            await asyncio.shield(self._task)
+
+    def _on_exit(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is None:
+            if self._queue:
+                self._fail_queued(unavailable(f"model {self.model!r} stopped", "stopped"))
+            return
+        # Should never happen (each batch's errors are caught), but if it does, nobody waits forever
+        # and /readyz reports the model as not serving.
+        log.error("batcher of %s died", self.model, exc_info=task.exception())
+        self._fail_queued(ServiceError(500, INFERENCE_FAILED, "batcher_died"))
+
+    def _fail_queued(self, error: ServiceError) -> None:
+        for item in self._queue:
+            if not item.job.future.done():
+                item.job.future.set_exception(error)
+        self._queue.clear()
+        self._depth.set(0)
+
+    # -- admission -------------------------------------------------------------------------------
+
+    def reserve(self, n: int) -> None:
+        """Admits `n` images before they are decoded, or refuses with 503 when the queue is full."""
+        if not self.alive or self._closing:
+            raise unavailable(f"model {self.model!r} is not serving", "not_ready")
+        if self._reserved + len(self._queue) + n > self.max_queue:
+            raise unavailable(f"queue of model {self.model!r} is full, retry later", "queue_full")
+        self._reserved += n
+
+    def release(self, n: int) -> None:
+        """Gives back reserved places of images that will not be queued (decode failures, errors)."""
+        self._reserved = max(0, self._reserved - n)
+
+    def submit(self, pixels: list[np.ndarray | None]) -> Job:
+        """Queues a request's decoded images (reserved before); `None` entries are skipped images."""
+        loop = asyncio.get_running_loop()
+        job = Job(results=[None] * len(pixels), future=loop.create_future(), enqueued_at=time.perf_counter())
+        present = [(i, p) for i, p in enumerate(pixels) if p is not None]
+        self.release(len(pixels))
+        job.remaining = len(present)
+        if not present:
+            job.future.set_result(job.results)
+            return job
+        if not self.alive:
+            job.future.set_exception(unavailable(f"model {self.model!r} is not serving", "not_ready"))
+            return job
+        if not self._busy and not self._queue:
+            self._run_now = True
+        self._queue.extend(_Item(job, i, p) for i, p in present)
+        self._depth.set(len(self._queue))
+        self._wake.set()
+        return job
+
+    def cancel(self, job: Job) -> int:
+        """Drops a request's images not yet in a batch (deadline passed, client gone); returns how many."""
+        before = len(self._queue)
+        if before:
+            self._queue = deque(item for item in self._queue if item.job is not job)
+            self._depth.set(len(self._queue))
+        return before - len(self._queue)
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._queue:
+                if self._closing:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            if len(self._queue) < self.max_batch_size and not self._run_now and not self._closing:
+                waited = time.perf_counter() - self._queue[0].job.enqueued_at
+                if waited < self.max_delay_s:
+                    self._wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), self.max_delay_s - waited)
+                    continue
+            n = min(self.max_batch_size, len(self._queue))
+            items = [self._queue.popleft() for _ in range(n)]
+            self._depth.set(len(self._queue))
+            self._run_now = False
+            self._busy = True
+            try:
+                await self._execute(loop, items)
+            finally:
+                self._busy = False
+
+    async def _execute(self, loop: asyncio.AbstractEventLoop, items: list[_Item]) -> None:
+        now = time.perf_counter()
+        for item in items:
+            self._stage_wait.observe(now - item.job.enqueued_at)
+        self._batch_size.observe(len(items))
+        try:
+            outputs, seconds = await loop.run_in_executor(
+                self._executor, self._infer, [i.pixels for i in items]
+            )
+        except Exception:
+            log.exception("batch of %d images on model %s failed", len(items), self.model)
+            error = ServiceError(500, INFERENCE_FAILED, "inference_error")
+            for item in items:
+                if not item.job.future.done():
+                    item.job.future.set_exception(error)
+            return
+        self._inference.observe(seconds)
+        self._stage_inference.observe(seconds)
+        for pos, item in enumerate(items):
+            job = item.job
+            if job.future.done():  # timed out or gone meanwhile
+                continue
+            job.results[item.index] = {name: out[pos] for name, out in outputs.items()}
+            job.remaining -= 1
+            if job.remaining == 0:
+                job.future.set_result(job.results)
+
+    def _infer(self, pixels: list[np.ndarray]) -> tuple[Outputs, float]:
+        """Runs in the model's inference thread: stack (the one copy) and run the graph."""
+        batch = np.stack(pixels)
+        start = time.perf_counter()
+        outputs = self._run(batch)
+        return outputs, time.perf_counter() - start

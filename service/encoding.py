@@ -1,0 +1,111 @@
+"""Outputs → answers: embeddings, attention maps (JSON or a PNG overlay), class predictions."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from simpool_serve.service.manifest import Manifest
+from simpool_serve.service.preprocess import Geometry
+
+Outputs = dict[str, np.ndarray]
+
+
+def json_bytes(payload: dict[str, Any]) -> bytes:
+    """Compact JSON; NaN/inf would be invalid JSON, so they are refused rather than sent."""
+    return json.dumps(payload, separators=(",", ":"), allow_nan=False).encode()
+
+
+def _stacked(results: list[Outputs | None], name: str) -> tuple[list[int], np.ndarray | None]:
+    present = [i for i, r in enumerate(results) if r is not None]
+    if not present:
+        return present, None
+    return present, np.stack([results[i][name] for i in present])  # type: ignore[index]
+
+
+def embeddings(results: list[Outputs | None], normalize: bool, encoding: str) -> list[Any]:
+    """One entry per image: a list of floats, or base64 of little-endian float32; `None` for skipped."""
+    out: list[Any] = [None] * len(results)
+    present, vecs = _stacked(results, "embedding")
+    if vecs is None:
+        return out
+    vecs = vecs.astype(np.float32, copy=False)
+    if normalize:
+        norms = np.linalg.norm(vecs, axis=1, keepdims=True)
+        vecs = vecs / np.maximum(norms, 1e-12)
+    if encoding == "base64":
+        little = vecs.astype("<f4", copy=False)
+        for i, row in zip(present, little, strict=True):
+            out[i] = base64.b64encode(row.tobytes()).decode("ascii")
+    else:
+        for i, row in zip(present, vecs.tolist(), strict=True):
+            out[i] = row
+    return out
+
+
+def attention_maps(results: list[Outputs | None]) -> list[Any]:
+    """One [h][w] nested list per image (each sums to 1); `None` for skipped images."""
+    out: list[Any] = [None] * len(results)
+    present, maps = _stacked(results, "attention")
+    if maps is not None:
+        for i, m in zip(present, maps.tolist(), strict=True):
+            out[i] = m
+    return out
+
+
+def predictions(results: list[Outputs | None], manifest: Manifest, top_k: int) -> list[Any]:
+    """Softmax over the logits, the `top_k` best classes per image with their labels."""
+    out: list[Any] = [None] * len(results)
+    present, logits = _stacked(results, "logits")
+    if logits is None:
+        return out
+    logits = logits.astype(np.float64)
+    logits -= logits.max(axis=1, keepdims=True)
+    probs = np.exp(logits)
+    probs /= probs.sum(axis=1, keepdims=True)
+    k = min(top_k, probs.shape[1])
+    top = np.argpartition(-probs, k - 1, axis=1)[:, :k]
+    for row, i in enumerate(present):
+        idx = top[row][np.argsort(-probs[row, top[row]], kind="stable")]
+        out[i] = [
+            {"index": int(c), "label": manifest.label(int(c)), "score": float(probs[row, c])} for c in idx
+        ]
+    return out
+
+
+def _heat_colours(values: np.ndarray) -> np.ndarray:
+    """A blue→cyan→yellow→red ramp for values in [0, 1]; uint8 RGB."""
+    stops = np.array([0.0, 0.35, 0.65, 1.0])
+    colours = np.array([[0, 0, 160], [0, 200, 255], [255, 230, 0], [220, 0, 0]], dtype=np.float64)
+    rgb = np.stack([np.interp(values, stops, colours[:, c]) for c in range(3)], axis=-1)
+    return np.clip(rgb, 0, 255).astype(np.uint8)
+
+
+def attention_png(original: Image.Image, geo: Geometry, attention: np.ndarray, alpha: float = 0.5) -> bytes:
+    """The attention as a heat map over the part of the original the model saw (its centre crop).
+
+    The map is upsampled (bilinear) onto the crop region at the original resolution; outside the crop,
+    where the model saw nothing, the photograph is dimmed.
+    """
+    att = np.asarray(attention, dtype=np.float64)
+    span = att.max() - att.min()
+    norm = (att - att.min()) / span if span > 0 else np.zeros_like(att)
+    left, top, right, bottom = geo.crop
+    x0, y0 = max(0, round(left)), max(0, round(top))
+    x1, y1 = min(geo.width, round(right)), min(geo.height, round(bottom))
+    # The crop may extend past the image (tiny images are padded): upsample over the whole crop, then clip.
+    full_w, full_h = max(1, round(right - left)), max(1, round(bottom - top))
+    heat = Image.fromarray((norm * 255).astype(np.uint8)).resize((full_w, full_h), Image.Resampling.BILINEAR)
+    heat = heat.crop((x0 - round(left), y0 - round(top), x1 - round(left), y1 - round(top)))
+    base = np.asarray(original.convert("RGB"), dtype=np.float64)
+    canvas = base * 0.4
+    region = base[y0:y1, x0:x1]
+    colours = _heat_colours(np.asarray(heat, dtype=np.float64) / 255.0).astype(np.float64)
+    canvas[y0:y1, x0:x1] = (1 - alpha) * region + alpha * colours
+    buf = io.BytesIO()
+    Image.fromarray(np.clip(canvas, 0, 255).astype(np.uint8)).save(buf, "PNG", compress_level=3)
+    return buf.getvalue()

@@ -1,0 +1,113 @@
+"""The model repository: discover model folders, then load and warm each one (Triton-style)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from simpool_serve.service.batcher import Batcher
+from simpool_serve.service.manifest import Manifest, ManifestError, fingerprint, load_manifest
+from simpool_serve.service.metrics import Metrics
+from simpool_serve.service.runner import OnnxRunner
+from simpool_serve.service.settings import Settings
+
+log = logging.getLogger("simpool_serve.models")
+
+
+@dataclass(eq=False)
+class ServedModel:
+    """One model: its manifest, and once loaded its runner, inference thread and batcher."""
+
+    name: str
+    path: Path
+    manifest: Manifest
+    fingerprint: str
+    executor: ThreadPoolExecutor = field(repr=False)
+    runner: OnnxRunner | None = None
+    batcher: Batcher | None = None
+
+    @property
+    def has_logits(self) -> bool:
+        return (
+            self.manifest.num_classes > 0 and self.runner is not None and "logits" in self.runner.output_names
+        )
+
+
+def discover(model_dir: Path) -> dict[str, ServedModel]:
+    """Reads every `NAME/manifest.json` (+ `model.onnx`) under `model_dir`; refuses a broken repository."""
+    if not model_dir.is_dir():
+        raise ManifestError(f"model directory {model_dir} does not exist")
+    models: dict[str, ServedModel] = {}
+    for folder in sorted(p for p in model_dir.iterdir() if p.is_dir()):
+        if not (folder / "manifest.json").is_file():
+            continue
+        if not (folder / "model.onnx").is_file():
+            raise ManifestError(f"{folder}: manifest.json without model.onnx")
+        manifest = load_manifest(folder / "manifest.json")
+        # The folder name is the model's address; the manifest's name is informative.
+        models[folder.name] = ServedModel(
+            name=folder.name,
+            path=folder / "model.onnx",
+            manifest=manifest,
+            fingerprint=fingerprint(manifest),
+            executor=ThreadPoolExecutor(1, thread_name_prefix=f"infer-{folder.name}"),
+        )
+    if not models:
+        raise ManifestError(f"no model folder (NAME/manifest.json + NAME/model.onnx) under {model_dir}")
+    return models
+
+
+def default_model(models: dict[str, ServedModel], wanted: str | None) -> str:
+    if wanted is not None:
+        if wanted not in models:
+            raise ManifestError(f"default model {wanted!r} is not in the repository ({sorted(models)})")
+        return wanted
+    return sorted(models)[0]
+
+
+def _load_and_warm(model: ServedModel, settings: Settings) -> OnnxRunner:
+    """In the model's inference thread: create the session, then run every batch size it will see."""
+    runner = OnnxRunner(
+        model.path,
+        settings.providers,
+        settings.resolved_intra_op_threads(),
+        spinning=settings.ort_spinning,
+    )
+    size = model.manifest.input_size
+    for n in range(1, settings.max_batch_size + 1):
+        runner.run(np.zeros((n, size, size, 3), dtype=np.uint8))
+    return runner
+
+
+async def load_all(models: dict[str, ServedModel], settings: Settings, metrics: Metrics) -> None:
+    """Creates the sessions one at a time (peak memory of one load), warms them, starts the batchers."""
+    loop = asyncio.get_running_loop()
+    for model in models.values():
+        started = loop.time()
+        runner = await loop.run_in_executor(model.executor, _load_and_warm, model, settings)
+        model.runner = runner
+        model.batcher = Batcher(
+            model.name,
+            runner.run,
+            model.executor,
+            max_batch_size=settings.max_batch_size,
+            max_delay_s=settings.max_batch_delay_ms / 1000.0,
+            max_queue=settings.max_queue,
+            metrics=metrics,
+        )
+        model.batcher.start()
+        metrics.model_info.labels(model.name, runner.provider, model.fingerprint).set(1)
+        log.info(
+            "model loaded",
+            extra={
+                "model": model.name,
+                "provider": runner.provider,
+                "fingerprint": model.fingerprint,
+                "warmup_batch_sizes": settings.max_batch_size,
+                "seconds": round(loop.time() - started, 3),
+            },
+        )

@@ -1,0 +1,211 @@
+"""Request → images + fields: JSON (base64 / data URI) or multipart, with the request-level limits.
+
+Nothing here decodes an image: the raw payloads (bytes, or base64 text) go to the decode stage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from python_multipart.multipart import MultipartParser, parse_options_header
+from simpool_serve.service.errors import ServiceError
+from starlette.requests import Request
+
+OnError = Literal["fail", "skip"]
+
+
+class Fields(BaseModel):
+    """Fields every image endpoint takes (JSON keys or multipart form fields)."""
+
+    model_config = ConfigDict(extra="ignore", protected_namespaces=())
+
+    model: str | None = Field(None, description="Model name (see `GET /models`); default: the default model.")
+    on_error: OnError = Field(
+        "fail",
+        description="`fail`: one bad image fails the request (400/413 naming its index). "
+        "`skip`: bad images get `null` and an entry in `errors`.",
+    )
+
+
+class EmbedFields(Fields):
+    normalize: bool = Field(True, description="L2-normalise each embedding.")
+    encoding: Literal["float", "base64"] = Field(
+        "float", description="`float`: lists of numbers; `base64`: little-endian float32 bytes, base64."
+    )
+
+
+class AttentionFields(Fields):
+    pass
+
+
+class ClassifyFields(Fields):
+    top_k: int = Field(5, ge=1, description="Classes per image, best first (at most the model's classes).")
+
+
+_IMAGES_DOC = (
+    "Encoded images (JPEG, PNG, WebP, BMP, GIF, TIFF), plain base64 or `data:image/...;base64,` URIs."
+)
+
+
+class EmbedJSON(EmbedFields):
+    images: list[str] = Field(min_length=1, description=_IMAGES_DOC)
+
+
+class AttentionJSON(AttentionFields):
+    images: list[str] = Field(min_length=1, description=_IMAGES_DOC)
+
+
+class ClassifyJSON(ClassifyFields):
+    images: list[str] = Field(min_length=1, description=_IMAGES_DOC)
+
+
+JSON_MODELS: dict[type[Fields], type[Fields]] = {
+    EmbedFields: EmbedJSON,
+    AttentionFields: AttentionJSON,
+    ClassifyFields: ClassifyJSON,
+}
+
+
+@dataclass(slots=True)
+class Parsed:
+    """A parsed request: raw image payloads in order, and the validated fields."""
+
+    images: list[bytes | str]
+    fields: Fields
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_request_bytes: int
+    max_images: int
+
+
+def describe(exc: ValidationError) -> str:
+    """One readable line from pydantic's errors: `where: what` for each, the image index included."""
+    parts = []
+    for err in exc.errors(include_url=False):
+        where = ".".join(str(p) for p in err["loc"]) or "body"
+        parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, refused with 413 as soon as it passes `limit` bytes (declared or streamed)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ServiceError(413, f"request body of {declared} bytes is over the limit of {limit}", "too_large")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ServiceError(413, f"request body is over the limit of {limit} bytes", "too_large")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_many(count: int, limit: int) -> ServiceError:
+    return ServiceError(413, f"{count} images in one request, over the limit of {limit}", "too_many_images")
+
+
+def _invalid(detail: str) -> ServiceError:
+    return ServiceError(422, detail, "malformed")
+
+
+class _MultipartCollector:
+    """Callbacks for python-multipart: file parts named `images` in order, other parts as text fields."""
+
+    def __init__(self, max_images: int) -> None:
+        self.max_images = max_images
+        self.images: list[bytes] = []
+        self.fields: dict[str, str] = {}
+        self.finished = False
+        self._header_field = bytearray()
+        self._header_value = bytearray()
+        self._headers: dict[bytes, bytes] = {}
+        self._data: list[bytes] = []
+
+    def callbacks(self) -> dict[str, object]:
+        return {
+            "on_part_begin": self._part_begin,
+            "on_header_field": lambda d, s, e: self._header_field.extend(d[s:e]),
+            "on_header_value": lambda d, s, e: self._header_value.extend(d[s:e]),
+            "on_header_end": self._header_end,
+            "on_part_data": lambda d, s, e: self._data.append(bytes(d[s:e])),
+            "on_part_end": self._part_end,
+            "on_end": self._end,
+        }
+
+    def _part_begin(self) -> None:
+        self._headers, self._data = {}, []
+
+    def _header_end(self) -> None:
+        self._headers[bytes(self._header_field).lower()] = bytes(self._header_value)
+        self._header_field.clear()
+        self._header_value.clear()
+
+    def _part_end(self) -> None:
+        _, options = parse_options_header(self._headers.get(b"content-disposition", b""))
+        name = options.get(b"name", b"").decode("utf-8", "replace")
+        data = b"".join(self._data)
+        if name == "images":
+            if len(self.images) >= self.max_images:
+                raise _too_many(len(self.images) + 1, self.max_images)
+            self.images.append(data)
+        elif name and b"filename" not in options:
+            self.fields[name] = data.decode("utf-8", "replace")
+
+    def _end(self) -> None:
+        self.finished = True
+
+
+def parse_multipart(body: bytes, content_type: str, max_images: int) -> tuple[list[bytes], dict[str, str]]:
+    _, options = parse_options_header(content_type)
+    boundary = options.get(b"boundary")
+    if not boundary:
+        raise _invalid("multipart body without a boundary")
+    collector = _MultipartCollector(max_images)
+    parser = MultipartParser(boundary, collector.callbacks())  # type: ignore[arg-type]
+    try:
+        parser.write(body)
+        parser.finalize()
+    except ServiceError:
+        raise
+    except Exception as exc:
+        raise _invalid(f"malformed multipart body: {exc}") from exc
+    if not collector.finished:
+        raise _invalid("malformed multipart body: it ends before its closing boundary")
+    return collector.images, collector.fields
+
+
+async def parse_request(request: Request, fields_type: type[Fields], limits: Limits) -> Parsed:
+    """Reads and validates an image request; raises `ServiceError` (413, 415, 422) on a bad one."""
+    content_type = request.headers.get("content-type", "")
+    media = content_type.split(";", 1)[0].strip().lower()
+    is_json = media == "application/json" or media.endswith("+json")
+    if not is_json and media != "multipart/form-data":
+        raise ServiceError(
+            415,
+            f"content type {media or '(none)'!r}: use application/json or multipart/form-data",
+            "unsupported_media_type",
+        )
+    body = await read_body(request, limits.max_request_bytes)
+    if is_json:
+        try:
+            parsed = JSON_MODELS[fields_type].model_validate_json(body)
+        except ValidationError as exc:
+            raise _invalid(describe(exc)) from exc
+        images: list[bytes | str] = list(parsed.images)  # type: ignore[attr-defined]
+        if len(images) > limits.max_images:
+            raise _too_many(len(images), limits.max_images)
+        return Parsed(images, parsed)
+    files, form = parse_multipart(body, content_type, limits.max_images)
+    if not files:
+        raise _invalid("no file part named 'images' in the multipart body")
+    try:
+        fields = fields_type.model_validate(form)
+    except ValidationError as exc:
+        raise _invalid(describe(exc)) from exc
+    return Parsed(list(files), fields)

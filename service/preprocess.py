@@ -1,0 +1,197 @@
+"""Bytes → pixels: decode one image and prepare it as timm's eval transform does.
+
+Runs in the decode thread pool, never on the event loop. Every failure is an `ImageError` with a
+message fit for the client; the pixel limit is checked from the header, before any pixel is decoded.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+from simpool_serve.service.manifest import Manifest
+
+FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")  # JPEG includes MPO (camera JPEGs)
+_RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+_ORIENTATION_TAG = 0x0112
+# EXIF orientation → the transpose that shows the image upright.
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+# JPEG draft decoding (DCT scaling) is used only while the decoded image keeps this many times the
+# resize target on its shorter side, so that the final antialiased resize still dominates the result.
+DRAFT_MARGIN = 2
+
+
+class ImageError(ValueError):
+    """An image the service cannot use; `status` is the HTTP code it earns (400, or 413 when too large)."""
+
+    status = 400
+
+
+class ImageTooLarge(ImageError):
+    status = 413
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where the model's centre crop lies in the upright original image (pixels, floats)."""
+
+    width: int
+    height: int
+    crop: tuple[float, float, float, float]  # left, top, right, bottom
+
+
+def open_image(data: bytes, max_pixels: int) -> Image.Image:
+    """Identifies the image from its header and checks its size; no pixel is decoded yet."""
+    try:
+        img = Image.open(io.BytesIO(data), formats=FORMATS)
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLarge(f"image has too many pixels ({exc})") from exc
+    except Exception as exc:
+        raise ImageError("not an image in a supported format (JPEG, PNG, WebP, BMP, GIF, TIFF)") from exc
+    width, height = img.size
+    if width * height > max_pixels:
+        raise ImageTooLarge(
+            f"image is {width}×{height} = {width * height} pixels, over the limit of {max_pixels}"
+        )
+    if width < 1 or height < 1:
+        raise ImageError("image is empty")
+    return img
+
+
+def resized_size(width: int, height: int, shorter: int) -> tuple[int, int]:
+    """torchvision's `Resize(int)`: the shorter side becomes `shorter`, the longer one is truncated."""
+    if width <= height:
+        return shorter, int(shorter * height / width)
+    return int(shorter * width / height), shorter
+
+
+def crop_offsets(width: int, height: int, size: int) -> tuple[int, int]:
+    """torchvision's `CenterCrop` offsets (left, top), Python rounding included."""
+    return round((width - size) / 2.0), round((height - size) / 2.0)
+
+
+def geometry(width: int, height: int, manifest: Manifest) -> Geometry:
+    """Maps the centre crop back onto the upright original, for drawing the attention over it."""
+    rw, rh = resized_size(width, height, manifest.resize)
+    left, top = crop_offsets(rw, rh, manifest.input_size)
+    sx, sy = width / rw, height / rh
+    s = manifest.input_size
+    return Geometry(width, height, (left * sx, top * sy, (left + s) * sx, (top + s) * sy))
+
+
+def _orientation(img: Image.Image) -> int:
+    try:
+        return int(img.getexif().get(_ORIENTATION_TAG, 1))
+    except Exception:  # a broken EXIF block is not worth refusing the image for
+        return 1
+
+
+def _transpose_box(
+    box: tuple[float, float, float, float], size: tuple[int, int], method: Image.Transpose
+) -> tuple[float, float, float, float]:
+    """The same region after `img.transpose(method)` of an image of `size` (before the transpose)."""
+    w, h = size
+    maps = {
+        Image.Transpose.FLIP_LEFT_RIGHT: lambda x, y: (w - x, y),
+        Image.Transpose.ROTATE_180: lambda x, y: (w - x, h - y),
+        Image.Transpose.FLIP_TOP_BOTTOM: lambda x, y: (x, h - y),
+        Image.Transpose.TRANSPOSE: lambda x, y: (y, x),
+        Image.Transpose.ROTATE_270: lambda x, y: (h - y, x),
+        Image.Transpose.TRANSVERSE: lambda x, y: (h - y, w - x),
+        Image.Transpose.ROTATE_90: lambda x, y: (y, w - x),
+    }
+    (x0, y0), (x1, y1) = maps[method](box[0], box[1]), maps[method](box[2], box[3])
+    return min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Any mode → 8-bit RGB; deep (16-bit, float) images are scaled, not clipped."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I", "F") or img.mode.startswith("I;16"):
+        arr = np.asarray(img).astype(np.float64)
+        top = (
+            1.0
+            if img.mode == "F" and arr.max(initial=0) <= 1.0
+            else (255.0 if arr.max(initial=0) <= 255 else 65535.0)
+        )
+        arr = np.clip(np.rint(arr * (255.0 / top)), 0, 255).astype(np.uint8)
+        img = Image.fromarray(arr)
+    return img.convert("RGB")
+
+
+def _load(
+    data: bytes, max_pixels: int, draft_short: int | None
+) -> tuple[Image.Image, tuple[int, int], tuple]:
+    """Decodes upright RGB pixels; returns (image, upright original size, region of the image covering it).
+
+    With `draft_short`, a JPEG may be decoded at 1/2, 1/4 or 1/8 scale as long as its shorter side stays
+    at least `draft_short`; the region then says which (fractional) part of the small image is the original.
+    """
+    img = open_image(data, max_pixels)
+    try:
+        orig_w, orig_h = img.size
+        box: tuple[float, float, float, float] = (0.0, 0.0, float(orig_w), float(orig_h))
+        if draft_short and img.format in ("JPEG", "MPO") and min(img.size) >= 2 * draft_short:
+            drafted = img.draft(img.mode, (draft_short, draft_short))
+            if drafted is not None:
+                box = tuple(float(v) for v in drafted[1])  # type: ignore[assignment]
+        img.load()
+        method = _TRANSPOSE.get(_orientation(img))
+        if method is not None:
+            box = _transpose_box(box, img.size, method)
+            img = img.transpose(method)
+            if method in (
+                Image.Transpose.TRANSPOSE,
+                Image.Transpose.ROTATE_270,
+                Image.Transpose.TRANSVERSE,
+                Image.Transpose.ROTATE_90,
+            ):
+                orig_w, orig_h = orig_h, orig_w
+        return _to_rgb(img), (orig_w, orig_h), box
+    except ImageError:
+        raise
+    except Exception as exc:
+        raise ImageError(f"cannot decode image ({type(exc).__name__}: {exc})") from exc
+
+
+def load_original(data: bytes, max_pixels: int) -> Image.Image:
+    """The upright RGB image at its original size (for drawing the attention over it)."""
+    img, _, _ = _load(data, max_pixels, None)
+    return img
+
+
+def prepare(img: Image.Image, size: tuple[int, int], box: tuple, manifest: Manifest) -> np.ndarray:
+    """Resize the shorter side of the (upright) original to `manifest.resize`, centre-crop to S×S."""
+    s = manifest.input_size
+    rw, rh = resized_size(size[0], size[1], manifest.resize)
+    full = box == (0.0, 0.0, float(img.width), float(img.height))
+    if (rw, rh) != img.size or not full:
+        img = img.resize((rw, rh), _RESAMPLE[manifest.interpolation], box=None if full else box)
+    left, top = crop_offsets(rw, rh, s)
+    if left < 0 or top < 0:  # smaller than the crop: torchvision pads with zeros
+        canvas = Image.new("RGB", (max(rw, s), max(rh, s)))
+        canvas.paste(img, (max(0, -left), max(0, -top)))
+        img, rw, rh = canvas, canvas.width, canvas.height
+        left, top = crop_offsets(rw, rh, s)
+    return np.asarray(img.crop((left, top, left + s, top + s)), dtype=np.uint8)
+
+
+def decode_image(data: bytes, manifest: Manifest, max_pixels: int, draft: bool = True) -> np.ndarray:
+    """Encoded image bytes → uint8 [S, S, 3], RGB, resized and centre-cropped as the manifest says."""
+    draft_short = DRAFT_MARGIN * manifest.resize if draft else None
+    img, size, box = _load(data, max_pixels, draft_short)
+    try:
+        return prepare(img, size, box, manifest)
+    except Exception as exc:
+        raise ImageError(f"cannot prepare image ({type(exc).__name__}: {exc})") from exc

@@ -1,0 +1,69 @@
+"""Batch → graph: one ONNX Runtime session per model, with an explicit provider and thread budget."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+log = logging.getLogger("simpool_serve.runner")
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+
+class ProviderError(RuntimeError):
+    """A requested execution provider that this onnxruntime build cannot use."""
+
+
+def choose_providers(requested: list[str] | None) -> list[str]:
+    """CUDA first when this build has it, else CPU; an explicit list is taken as is or refused."""
+    available = ort.get_available_providers()
+    if requested:
+        missing = [p for p in requested if p not in available]
+        if missing:
+            raise ProviderError(f"providers {missing} are not in this onnxruntime (it has {available})")
+        return list(requested)
+    return [CUDA, CPU] if CUDA in available else [CPU]
+
+
+class OnnxRunner:
+    """Runs the graph on a uint8 batch; not thread-safe by design: one inference thread per model calls it."""
+
+    def __init__(
+        self,
+        model_path: Path | str,
+        providers: list[str] | None,
+        intra_op_threads: int,
+        spinning: bool = False,
+    ) -> None:
+        wanted = choose_providers(providers)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = max(1, intra_op_threads)
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Spinning threads keep cores busy between batches, which starves the decode pool.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+        opts.log_severity_level = 3
+        self.session = ort.InferenceSession(str(model_path), sess_options=opts, providers=wanted)
+        active = self.session.get_providers()
+        self.provider: str = active[0]
+        if self.provider != wanted[0]:
+            # onnxruntime may drop a provider it failed to initialise; say so loudly, never silently.
+            log.warning("model %s asked for %s but runs on %s", model_path, wanted[0], self.provider)
+        inputs = self.session.get_inputs()
+        if [i.name for i in inputs] != ["images"]:
+            raise ValueError(f"{model_path}: one input named images expected, not {[i.name for i in inputs]}")
+        self.input_size = int(inputs[0].shape[1]) if isinstance(inputs[0].shape[1], int) else None
+        self.output_names: list[str] = [o.name for o in self.session.get_outputs()]
+        for required in ("embedding", "attention"):
+            if required not in self.output_names:
+                raise ValueError(f"{model_path}: graph has no '{required}' output ({self.output_names})")
+
+    def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """uint8 [N, S, S, 3] → {"embedding": [N, D], "attention": [N, h, w], maybe "logits": [N, C]}."""
+        outputs = self.session.run(self.output_names, {"images": images})
+        return dict(zip(self.output_names, outputs, strict=True))

@@ -1,0 +1,85 @@
+"""Response shapes, for the OpenAPI docs at /docs (answers are encoded directly, not through these)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ErrorOut(BaseModel):
+    detail: str = Field(description="What was wrong, naming the image index where one image is at fault.")
+
+
+class ImageErrorOut(BaseModel):
+    index: int = Field(description="Position of the image in the request (from 0).")
+    detail: str
+
+
+class Answer(BaseModel):
+    model: str = Field(description="The model that answered.")
+    fingerprint: str = Field(description="Hash of the graph and its preprocessing; changes when answers may.")
+    errors: list[ImageErrorOut] | None = Field(
+        None, description="Only with `on_error=skip`: the images answered with `null`, and why."
+    )
+
+
+class EmbedOut(Answer):
+    dim: int
+    normalized: bool
+    embeddings: list[list[float] | str | None] = Field(
+        description="One per image, in request order: floats, or base64 of little-endian float32."
+    )
+
+
+class AttentionOut(Answer):
+    grid: tuple[int, int] = Field(description="[h, w] of each map.")
+    attention: list[list[list[float]] | None] = Field(description="One h×w map per image; each sums to 1.")
+
+
+class Prediction(BaseModel):
+    index: int
+    label: str
+    score: float = Field(description="Softmax probability.")
+
+
+class ClassifyOut(Answer):
+    predictions: list[list[Prediction] | None] = Field(
+        description="Per image, the top_k classes, best first."
+    )
+
+
+class ModelOut(BaseModel):
+    """The model's manifest (every field the exporter wrote) plus how this server runs it."""
+
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+
+    name: str
+    default: bool
+    provider: str = Field(description="The ONNX Runtime execution provider in use.")
+    fingerprint: str
+
+
+class ModelsOut(BaseModel):
+    models: list[ModelOut]
+
+
+class StatusOut(BaseModel):
+    status: str
+
+
+_ERRORS: dict[int, str] = {
+    400: "An image (or its base64) could not be decoded, or the model cannot answer this endpoint.",
+    401: "Missing or wrong API key (`Authorization: Bearer <key>`), when the server has one.",
+    404: "Unknown model.",
+    413: "Too many images, bytes or pixels.",
+    415: "Content type other than application/json or multipart/form-data.",
+    422: "Malformed body or parameter, or a request this model cannot serve (classify without logits).",
+    500: "Inference failed; the details are in the server log.",
+    503: "Queue full or not ready yet; retry after `Retry-After` seconds.",
+    504: "The request deadline (`SIMPOOL_REQUEST_TIMEOUT_S`) passed.",
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {code: {"model": ErrorOut, "description": _ERRORS[code]} for code in codes}

@@ -1,0 +1,99 @@
+"""The one settings object of the service: environment variables `SIMPOOL_*`, overridden by CLI flags.
+
+Read once, by whoever builds the app (the CLI or a test), never at import time.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+def available_cores() -> int:
+    """Cores this process may run on (the affinity mask, which containers narrow), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class Settings(BaseSettings):
+    """Every knob of `simpool-serve`; each is also the environment variable `SIMPOOL_<NAME>`."""
+
+    model_config = SettingsConfigDict(env_prefix="SIMPOOL_", extra="ignore")
+
+    # Where the models are and which one answers requests that name none.
+    model_dir: Path = Field(Path("model_repository"), description="Folder with one sub-folder per model.")
+    default_model: str | None = Field(
+        None,
+        description="Model used when a request names none; default: the only model, or the first by name.",
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+
+    # Batching and back-pressure.
+    max_batch_size: int = Field(8, ge=1, le=1024, description="Most images per executed batch.")
+    max_batch_delay_ms: float = Field(
+        5.0, ge=0, description="Longest an image waits for batch-mates while the model is busy."
+    )
+    max_queue: int = Field(256, ge=1, description="Most images waiting per model; beyond it, 503.")
+    request_timeout_s: float = Field(30.0, gt=0, description="Per-request deadline; beyond it, 504.")
+
+    # Limits checked before any pixel is decoded.
+    max_images_per_request: int = Field(64, ge=1)
+    max_image_bytes: int = Field(20 * 2**20, ge=1, description="Most bytes of one encoded image.")
+    max_request_bytes: int = Field(
+        100 * 2**20, ge=1, description="Most bytes of one request body (base64 included)."
+    )
+    max_image_pixels: int = Field(50_000_000, ge=1, description="Most pixels (width × height) of one image.")
+    jpeg_draft: bool = Field(True, description="Let JPEG decoding skip detail the resize would discard.")
+
+    # Runtime and threads.
+    providers: Annotated[list[str] | None, NoDecode] = Field(
+        None,
+        description="ONNX Runtime providers, comma-separated; default: CUDA if available, else CPU.",
+    )
+    intra_op_threads: int = Field(
+        0, ge=0, description="ONNX Runtime intra-op threads per model; 0 = all cores."
+    )
+    decode_workers: int = Field(
+        0, ge=0, description="Threads decoding images; 0 = half the cores, at least 1."
+    )
+    ort_spinning: bool = Field(
+        False, description="Let ONNX Runtime threads spin between batches (burns cores decoding needs)."
+    )
+
+    # Access and logs.
+    api_key: SecretStr | None = Field(
+        None, description="When set, every API call needs `Authorization: Bearer <key>`."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    shutdown_grace_s: float = Field(60.0, gt=0, description="Longest a SIGTERM waits for accepted requests.")
+
+    @field_validator("providers", mode="before")
+    @classmethod
+    def _split_providers(cls, value: object) -> object:
+        if isinstance(value, str):
+            items = [p.strip() for p in value.split(",") if p.strip()]
+            return items or None
+        return value
+
+    @field_validator("api_key", "default_model", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    def resolved_intra_op_threads(self) -> int:
+        return self.intra_op_threads or available_cores()
+
+    def resolved_decode_workers(self) -> int:
+        return self.decode_workers or max(1, available_cores() // 2)
