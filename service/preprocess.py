@@ -130,7 +130,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def _load(
+def load(
     data: bytes, max_pixels: int, draft_short: int | None
 ) -> tuple[Image.Image, tuple[int, int], tuple]:
     """Decodes upright RGB pixels; returns (image, upright original size, region of the image covering it).
@@ -167,7 +167,7 @@ def _load(
 
 def load_original(data: bytes, max_pixels: int) -> Image.Image:
     """The upright RGB image at its original size (for drawing the attention over it)."""
-    img, _, _ = _load(data, max_pixels, None)
+    img, _, _ = load(data, max_pixels, None)
     return img
 
 
@@ -190,7 +190,7 @@ def prepare(img: Image.Image, size: tuple[int, int], box: tuple, manifest: Manif
 def decode_image(data: bytes, manifest: Manifest, max_pixels: int, draft: bool = True) -> np.ndarray:
     """Encoded image bytes → uint8 [S, S, 3], RGB, resized and centre-cropped as the manifest says."""
     draft_short = DRAFT_MARGIN * manifest.resize if draft else None
-    img, size, box = _load(data, max_pixels, draft_short)
+    img, size, box = load(data, max_pixels, draft_short)
     try:
         return prepare(img, size, box, manifest)
     except Exception as exc:
