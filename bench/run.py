@@ -1,0 +1,210 @@
+"""Service vs. offline throughput, side by side in one run.
+
+Measures, for one exported model:
+  1. the graph's own offline throughput: onnxruntime called directly on already
+     preprocessed uint8 batches, at several batch sizes (the best one is the bar);
+  2. the graph's batch-1 latency (the floor for a lone request);
+  3. `simpool-serve` under 1, 8, 32 and 128 concurrent single-image clients
+     (Debian's `hey`, a Go load generator that costs far less CPU than a Python one),
+     with p50/p99 latency and the ratio service / offline.
+
+Both sides run on the same machine with the same thread budget, so the ratio is
+what the service's own overhead (HTTP, JSON, decoding, batching) costs.
+
+    python bench/run.py --model-dir model_repository --model resnet50_simpool
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import csv
+import io
+import json
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from PIL import Image
+
+BIN = Path(sys.executable).parent
+
+
+def bench_image(width: int = 500, height: int = 375) -> bytes:
+    """A real photograph (scikit-image's cat) as a JPEG of the benchmark's size."""
+    import skimage.data
+
+    img = Image.fromarray(skimage.data.chelsea()).resize((width, height), Image.BICUBIC)
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def offline(model_path: Path, size: int, threads: int, batch_sizes: list[int], seconds: float) -> dict:
+    """onnxruntime called directly: images/s per batch size and batch-1 latency."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    sess = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    results: dict[int, float] = {}
+    for bs in batch_sizes:
+        x = rng.integers(0, 256, (bs, size, size, 3), dtype=np.uint8)
+        sess.run(None, {"images": x})  # warm-up
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            sess.run(None, {"images": x})
+            n += bs
+        results[bs] = n / (time.perf_counter() - t0)
+    x1 = rng.integers(0, 256, (1, size, size, 3), dtype=np.uint8)
+    lat = []
+    for _ in range(30):
+        t0 = time.perf_counter()
+        sess.run(None, {"images": x1})
+        lat.append(time.perf_counter() - t0)
+    return {"by_batch": results, "batch1_p50_ms": statistics.median(lat) * 1e3}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def serve(model_dir: Path, env: dict[str, str], log: Path) -> Iterator[str]:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with log.open("wb") as fh:
+        proc = subprocess.Popen(
+            [
+                str(BIN / "simpool-serve"),
+                "--model-dir",
+                str(model_dir),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **env},
+        )
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            if proc.poll() is not None:
+                raise SystemExit(f"simpool-serve exited:\n{log.read_text()}")
+            with contextlib.suppress(OSError):
+                if urllib.request.urlopen(f"{url}/readyz", timeout=2).status == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise SystemExit(f"simpool-serve not ready:\n{log.read_text()}")
+            time.sleep(0.3)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
+def hey(url: str, body: Path, concurrency: int, seconds: float, qps: float | None = None) -> dict:
+    """Runs hey and summarises its per-request CSV (only 200s count as served)."""
+    cmd = ["hey", "-z", f"{seconds}s", "-c", str(concurrency), "-m", "POST", "-T", "application/json"]
+    if qps:
+        cmd += ["-q", str(qps)]
+    cmd += ["-D", str(body), "-o", "csv", "-t", "60", url]
+    t0 = time.perf_counter()
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    wall = time.perf_counter() - t0
+    rows = list(csv.DictReader(io.StringIO(out)))
+    ok = [float(r["response-time"]) for r in rows if r["status-code"] == "200"]
+    # Throughput over the span in which requests were answered, not hey's start-up.
+    end = max((float(r["offset"]) + float(r["response-time"]) for r in rows), default=wall)
+    return {
+        "requests": len(rows),
+        "ok": len(ok),
+        "images_per_s": len(ok) / end if end else 0.0,
+        "p50_ms": float(np.percentile(ok, 50) * 1e3) if ok else float("nan"),
+        "p99_ms": float(np.percentile(ok, 99) * 1e3) if ok else float("nan"),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model-dir", type=Path, default=Path("model_repository"))
+    p.add_argument("--model", default="resnet50_simpool")
+    p.add_argument("--concurrency", default="1,8,32,128")
+    p.add_argument("--seconds", type=float, default=20.0, help="load duration per concurrency level")
+    p.add_argument("--offline-seconds", type=float, default=10.0)
+    p.add_argument("--batch-sizes", default="1,2,4,8,16,32")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="intra-op threads, both sides")
+    p.add_argument("--json", type=Path, help="also write the figures here")
+    args = p.parse_args(argv)
+    if shutil.which("hey") is None:
+        raise SystemExit("bench needs `hey` (Debian: apt-get install hey)")
+
+    model_dir = args.model_dir / args.model
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    size = int(manifest["input_size"])
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    off = offline(model_dir / "model.onnx", size, args.threads, batch_sizes, args.offline_seconds)
+    best_bs, best = max(off["by_batch"].items(), key=lambda kv: kv[1])
+
+    tmp = Path(tempfile.mkdtemp(prefix="simpool-bench-"))
+    body = tmp / "body.json"
+    body.write_text(json.dumps({"images": [base64.b64encode(bench_image()).decode()], "model": args.model}))
+    env = {
+        "SIMPOOL_PROVIDERS": "CPUExecutionProvider",
+        "SIMPOOL_INTRA_OP_THREADS": str(args.threads),
+        "SIMPOOL_MAX_QUEUE": "1024",
+    }
+    rows = []
+    with serve(args.model_dir, env, tmp / "serve.log") as url:
+        hey(f"{url}/embed", body, 4, 3.0)  # warm the HTTP path and JIT-free caches
+        for c in [int(c) for c in args.concurrency.split(",")]:
+            r = hey(f"{url}/embed", body, c, args.seconds)
+            rows.append({"concurrency": c, **r, "ratio": r["images_per_s"] / best})
+        lone = hey(f"{url}/embed", body, 1, min(args.seconds, 10.0), qps=4)
+
+    print(
+        f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+        f"onnxruntime {ort.__version__}; model {args.model} ({manifest['arch']}, {size}px); "
+        f"intra-op threads {args.threads}\n"
+    )
+    print("offline (onnxruntime direct, preprocessed uint8 batches):")
+    print("| batch | images/s |\n|---:|---:|")
+    for bs, ips in off["by_batch"].items():
+        print(f"| {bs} | {ips:.1f}{' (best)' if bs == best_bs else ''} |")
+    print(f"\ngraph batch-1 latency p50: {off['batch1_p50_ms']:.1f} ms\n")
+    print("service (POST /embed, one 500x375 JPEG per request, JSON base64):")
+    print("| clients | requests | ok | images/s | p50 ms | p99 ms | service / offline |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(
+            f"| {r['concurrency']} | {r['requests']} | {r['ok']} | {r['images_per_s']:.1f} | "
+            f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['ratio']:.2f} |"
+        )
+    overhead = lone["p50_ms"] - off["batch1_p50_ms"]
+    print(
+        f"\nidle lone request (1 client, 4 req/s): p50 {lone['p50_ms']:.1f} ms, "
+        f"p99 {lone['p99_ms']:.1f} ms; {overhead:+.1f} ms over the graph's batch-1 time"
+    )
+    if args.json:
+        args.json.write_text(json.dumps({"offline": off, "service": rows, "lone": lone}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
