@@ -94,7 +94,7 @@ class Batcher:
         """Stops taking images, runs everything already queued, then ends the loop."""
         self._closing = True
         self._wake.set()
-        if self._task is not None:
+        if self._task is not None and not self._task.done():
             await asyncio.shield(self._task)
 
     def _on_exit(self, task: asyncio.Task[None]) -> None:
