@@ -659,3 +659,16 @@ def test_dashboard_and_alerts_query_only_metrics_the_service_defines() -> None:
         names = metric_names(expr)
         assert names, f"{title}: no metric in {expr}"
         assert names <= known, f"{title}: {sorted(names - known)} not among the service's metrics"
+
+
+def test_export_script_uses_only_flags_the_real_exporter_has() -> None:
+    script = (REPO / "deploy" / "export-models.sh").read_text()
+    used = set(re.findall(r"(?<![\w-])(--[a-z][a-z-]+)", script.split("set -f", 1)[1]))
+    assert {"--arch", "--name", "--out", "--checkpoint", "--random-init", "--seed"} <= used
+    exe = shutil.which("simpool-export", path=str(BIN))
+    assert exe, "simpool-export is not installed"
+    help_text = subprocess.run(
+        [exe, "--help"], capture_output=True, text=True, timeout=120, check=True
+    ).stdout
+    for flag in used:
+        assert re.search(rf"(?<![\w-]){flag}\b", help_text), f"simpool-export has no {flag}"
