@@ -91,9 +91,11 @@ class HttpBackend:
             if exc.status_code in (401, 403, 404):
                 raise FatalError(str(exc)) from exc
             if len(images) > 1 and 400 <= exc.status_code < 500:
-                # A request-level refusal (e.g. too many bytes): find out which image it was.
-                parts = await asyncio.gather(*(self.embed([img]) for img in images))
-                return [o for part in parts for o in part]
+                # A refusal of the whole request (more images or bytes than the server takes in one, or
+                # one image it rejects outright): halve until the requests fit or the culprit is alone.
+                half = len(images) // 2
+                first, second = await asyncio.gather(self.embed(images[:half]), self.embed(images[half:]))
+                return first + second
             return [Outcome(None, str(exc), self.fingerprint)] * len(images)
         except SimPoolError as exc:  # the service stayed unreachable for the whole retry budget
             return [Outcome(None, str(exc), self.fingerprint)] * len(images)

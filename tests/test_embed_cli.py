@@ -9,18 +9,29 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import BIN, Server, cosine, free_port
+from conftest import BIN, Server, cosine, free_port, start_server
 from PIL import Image
 from simpool_serve.client import SimPoolClient
 from simpool_serve.client.embed_cli import main
 from test_client_proxy import ProxyScript, loopback_proxy
 
 BROKEN = {"broken.jpg", "deep/truncated.jpg"}
+KEY = "embed-key"
+STRICT = {"SIMPOOL_MAX_IMAGES_PER_REQUEST": "2", "SIMPOOL_MAX_IMAGE_BYTES": "160000"}  # logo.png is larger
+
+
+@pytest.fixture(scope="module")
+def strict_server(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """Two images per request, 160 kB per image, and an API key."""
+    env = {"SIMPOOL_DEFAULT_MODEL": "resnet18", "SIMPOOL_API_KEY": KEY, **STRICT}
+    with start_server(model_repo, tmp_path_factory.mktemp("strict-logs"), env) as s:
+        yield s
 
 
 def make_source(photos: dict[str, Path], root: Path, broken: bool = True) -> Path:
@@ -152,3 +163,34 @@ def test_interrupted_run_keeps_a_valid_file_and_resumes(
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
     assert main([str(src), "--out", str(out), "--url", server.url, "--no-progress"]) == 0
     assert summary(capsys.readouterr().out) == (len(photos) - 2, 2, 0)
+
+
+def test_strict_server_key_limits_and_local_limits(
+    strict_server: Server,
+    model_repo: Path,
+    photos: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    src = make_source(photos, tmp_path / "src", broken=False)
+    out = tmp_path / "o.parquet"
+    base = [str(src), "--out", str(out), "--no-progress"]
+    monkeypatch.delenv("SIMPOOL_API_KEY", raising=False)
+    assert main([*base, "--url", strict_server.url]) == 2  # no key: stops before embedding anything
+    assert "401" in capsys.readouterr().err and not out.exists()
+
+    # Batches of 5 are more than the server takes (2): refused requests are halved until they fit.
+    assert main([*base, "--url", strict_server.url, "--api-key", KEY, "--batch", "5"]) == 1
+    assert summary(capsys.readouterr().out) == (len(photos) - 1, 0, 1)
+    logo = next(r for p, r in rows(out).items() if p.endswith("logo.png"))
+    assert "160000" in logo["error"] and logo["embedding"] is None
+
+    # In-process, the same SIMPOOL_* limits apply.
+    for k, v in STRICT.items():
+        monkeypatch.setenv(k, v)
+    local = tmp_path / "local.parquet"
+    argv = [str(src), "--out", str(local), "--local", str(model_repo / "resnet18"), "--no-progress"]
+    assert main(argv) == 1
+    assert summary(capsys.readouterr().out) == (len(photos) - 1, 0, 1)
+    assert rows(local).keys() == rows(out).keys()
