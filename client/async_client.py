@@ -29,6 +29,7 @@ class AsyncSimPoolClient:
         api_key: str | None = None,
         model: str | None = None,
         max_images_per_request: int | None = None,
+        max_request_bytes: int | None = None,
         max_concurrency: int = 4,
         timeout: float = 60.0,
         retry: RetryPolicy | None = None,
@@ -36,7 +37,9 @@ class AsyncSimPoolClient:
     ) -> None:
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be >= 1")
-        self._protocol = Protocol(model=model, max_images_per_request=max_images_per_request)
+        self._protocol = Protocol(
+            model=model, max_images_per_request=max_images_per_request, max_request_bytes=max_request_bytes
+        )
         self._retry = retry or RetryPolicy()
         self._slots = asyncio.Semaphore(max_concurrency)
         key = api_key if api_key is not None else os.environ.get("SIMPOOL_API_KEY")

@@ -51,5 +51,23 @@ def to_bytes(image: ImageInput) -> bytes:
     raise TypeError(f"cannot send {type(image).__name__} as an image: use a path, bytes, PIL image or array")
 
 
+def size_hint(image: ImageInput) -> int:
+    """Bytes this input will take once encoded, without reading or encoding it (an upper bound for
+    in-memory pixels, whose PNG is rarely larger than the raw pixels)."""
+    if isinstance(image, bytes | bytearray | memoryview):
+        return len(image)
+    if isinstance(image, str | os.PathLike):
+        try:
+            return os.path.getsize(image)
+        except OSError:
+            return 0  # the error surfaces, with its path, when the request is built
+    if isinstance(image, np.ndarray):
+        return int(image.nbytes)
+    if hasattr(image, "size") and hasattr(image, "mode"):
+        width, height = image.size
+        return int(width * height * 4)
+    return 0
+
+
 def to_base64(image: ImageInput) -> str:
     return base64.b64encode(to_bytes(image)).decode("ascii")

@@ -15,7 +15,7 @@ from typing import Any, Generic, Literal, TypeVar
 import httpx
 import numpy as np
 from simpool_serve.client.errors import ResponseFormatError, SimPoolError
-from simpool_serve.client.inputs import ImageInput, to_base64
+from simpool_serve.client.inputs import ImageInput, size_hint, to_base64
 from simpool_serve.client.results import (
     AttentionResult,
     ClassifyResult,
@@ -28,19 +28,43 @@ from simpool_serve.client.results import (
 T = TypeVar("T")
 OnError = Literal["fail", "skip"]
 
-# The service's own default for SIMPOOL_MAX_IMAGES_PER_REQUEST (service/settings.py).
+# The service's own defaults for SIMPOOL_MAX_IMAGES_PER_REQUEST and SIMPOOL_MAX_REQUEST_BYTES.
 DEFAULT_MAX_IMAGES_PER_REQUEST = 64
+DEFAULT_MAX_REQUEST_BYTES = 100 * 2**20
+
+
+def _env_limit(name: str, default: int) -> int:
+    """The server's limit if this environment sets it (client and server often share one), or the default."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    value = int(raw)
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {raw!r}")
+    return value
 
 
 def default_max_images_per_request() -> int:
-    """The server's limit if this environment sets it (client and server often share one), else 64."""
-    raw = os.environ.get("SIMPOOL_MAX_IMAGES_PER_REQUEST", "").strip()
-    if not raw:
-        return DEFAULT_MAX_IMAGES_PER_REQUEST
-    value = int(raw)
-    if value < 1:
-        raise ValueError(f"SIMPOOL_MAX_IMAGES_PER_REQUEST must be >= 1, got {raw!r}")
-    return value
+    return _env_limit("SIMPOOL_MAX_IMAGES_PER_REQUEST", DEFAULT_MAX_IMAGES_PER_REQUEST)
+
+
+def default_max_request_bytes() -> int:
+    return _env_limit("SIMPOOL_MAX_REQUEST_BYTES", DEFAULT_MAX_REQUEST_BYTES)
+
+
+def plan_chunks(sizes: Sequence[int], max_images: int, max_bytes: int) -> list[int]:
+    """Start offsets of requests holding at most `max_images` images and, as JSON, at most `max_bytes`
+    (base64 grows 4/3); an image too large on its own goes alone, for the server to name it."""
+    offsets: list[int] = []
+    count = used = 0
+    for i, size in enumerate(sizes):
+        need = (size + 2) // 3 * 4 + 8
+        if not offsets or count == max_images or used + need > max_bytes - 1024:
+            offsets.append(i)
+            count = used = 0
+        count += 1
+        used += need
+    return offsets
 
 
 @dataclass(frozen=True)
@@ -109,19 +133,23 @@ def _vector(entry: Any, dim: int) -> np.ndarray:
 class Protocol:
     """Plans operations for one service: the settings every request shares."""
 
-    def __init__(self, *, model: str | None, max_images_per_request: int | None) -> None:
+    def __init__(
+        self, *, model: str | None, max_images_per_request: int | None, max_request_bytes: int | None = None
+    ) -> None:
         self.model = model
         self.max_images = max_images_per_request or default_max_images_per_request()
-        if self.max_images < 1:
-            raise ValueError("max_images_per_request must be >= 1")
+        self.max_bytes = max_request_bytes or default_max_request_bytes()
+        if self.max_images < 1 or self.max_bytes < 1:
+            raise ValueError("max_images_per_request and max_request_bytes must be >= 1")
 
     def _split(self, images: Sequence[ImageInput]) -> tuple[list[Sequence[ImageInput]], list[int]]:
         if isinstance(images, str | bytes | os.PathLike | np.ndarray) or not isinstance(images, Sequence):
             raise TypeError("pass a list of images (wrap a single image in a list)")
         if not images:
             raise ValueError("no images given")
-        offsets = list(range(0, len(images), self.max_images))
-        return [images[o : o + self.max_images] for o in offsets], offsets
+        offsets = plan_chunks([size_hint(img) for img in images], self.max_images, self.max_bytes)
+        ends = [*offsets[1:], len(images)]
+        return [images[a:b] for a, b in zip(offsets, ends, strict=True)], offsets
 
     def _fields(self, model: str | None, **extra: Any) -> dict[str, Any]:
         chosen = model or self.model

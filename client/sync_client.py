@@ -21,8 +21,10 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 class SimPoolClient:
     """Talks to one simpool-serve; use as a context manager (or call `close`) to release connections.
 
-    `api_key` defaults to $SIMPOOL_API_KEY, `max_images_per_request` to $SIMPOOL_MAX_IMAGES_PER_REQUEST
-    (else the service's default); `timeout` is per HTTP request, `retry` bounds the waiting on 503s.
+    `api_key` defaults to $SIMPOOL_API_KEY; large calls are split into requests of at most
+    `max_images_per_request` images and `max_request_bytes` bytes (defaults: $SIMPOOL_MAX_IMAGES_PER_REQUEST
+    and $SIMPOOL_MAX_REQUEST_BYTES, else the service's defaults, 64 and 100 MiB); `timeout` is per HTTP
+    request, `retry` bounds the waiting on 503s.
     """
 
     def __init__(
@@ -32,11 +34,14 @@ class SimPoolClient:
         api_key: str | None = None,
         model: str | None = None,
         max_images_per_request: int | None = None,
+        max_request_bytes: int | None = None,
         timeout: float = 60.0,
         retry: RetryPolicy | None = None,
         **httpx_kwargs: Any,
     ) -> None:
-        self._protocol = Protocol(model=model, max_images_per_request=max_images_per_request)
+        self._protocol = Protocol(
+            model=model, max_images_per_request=max_images_per_request, max_request_bytes=max_request_bytes
+        )
         self._retry = retry or RetryPolicy()
         key = api_key if api_key is not None else os.environ.get("SIMPOOL_API_KEY")
         self._http = httpx.Client(base_url=base_url, timeout=timeout, headers=headers(key), **httpx_kwargs)

@@ -21,14 +21,16 @@ from simpool_serve.client import (
 )
 
 API_KEY = "test-key-5"
+LIMITED_BYTES = 400_000  # camera.png + logo.png (322 kB, 430 kB as base64) do not fit in one request
 
 
 @pytest.fixture(scope="module")
 def limited_server(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """A server that takes 2 images per request and wants an API key."""
+    """A server that takes 2 images and 400 kB per request, and wants an API key."""
     env = {
         "SIMPOOL_DEFAULT_MODEL": "resnet18",
         "SIMPOOL_MAX_IMAGES_PER_REQUEST": "2",
+        "SIMPOOL_MAX_REQUEST_BYTES": str(LIMITED_BYTES),
         "SIMPOOL_API_KEY": API_KEY,
     }
     with start_server(model_repo, tmp_path_factory.mktemp("limited-logs"), env) as s:
@@ -73,7 +75,8 @@ def test_splits_to_the_servers_limit_with_key(
 ) -> None:
     with SimPoolClient(server.url) as client:
         expected = client.embed(five)
-    with SimPoolClient(limited_server.url, api_key=API_KEY, max_images_per_request=2) as client:
+    limits = {"max_images_per_request": 2, "max_request_bytes": LIMITED_BYTES}
+    with SimPoolClient(limited_server.url, api_key=API_KEY, **limits) as client:
         got = client.embed(five)
         # A bad image in the second request: its index is the caller's, not the request's.
         skipped = client.embed([five[0], five[1], b"not an image", five[2]], on_error="skip")
@@ -90,6 +93,7 @@ def test_env_sets_the_default_split(
     limited_server: Server, five: list[Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("SIMPOOL_MAX_IMAGES_PER_REQUEST", "2")
+    monkeypatch.setenv("SIMPOOL_MAX_REQUEST_BYTES", str(LIMITED_BYTES))
     monkeypatch.setenv("SIMPOOL_API_KEY", API_KEY)
     with SimPoolClient(limited_server.url) as client:
         assert client.max_images_per_request == 2
@@ -106,6 +110,12 @@ def test_errors_carry_status_and_detail(limited_server: Server, five: list[Path]
         with pytest.raises(PayloadTooLargeError) as e:
             client.embed(five)
         assert e.value.status_code == 413 and e.value.detail
+    with SimPoolClient(limited_server.url, api_key=API_KEY, max_images_per_request=2) as client:
+        with pytest.raises(PayloadTooLargeError) as e:
+            client.embed(five[2:4])  # two images, but too many bytes for one request
+        assert e.value.status_code == 413 and "bytes" in e.value.detail
+    with SimPoolClient(limited_server.url, api_key=API_KEY, max_request_bytes=LIMITED_BYTES) as client:
+        assert len(client.embed(five[2:4])) == 2
         with pytest.raises(ModelNotFoundError) as e:
             client.embed(five[:1], model="no_such_model")
         assert e.value.status_code == 404 and "no_such_model" in e.value.detail
