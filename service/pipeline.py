@@ -171,6 +171,7 @@ class Service:
             raise ServiceError(504, "request deadline passed while decoding", "timeout")
         job = batcher.submit(pixels)
         results = await self._wait(request, job, model, deadline)
+        self.metrics.images.labels(model.name).inc(n - len(errors))
         return Outcome(model, parsed.fields, results, [(i, str(e)) for i, e in errors], extra)
 
     async def _decode_all(

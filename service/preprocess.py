@@ -130,9 +130,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load(
-    data: bytes, max_pixels: int, draft_short: int | None
-) -> tuple[Image.Image, tuple[int, int], tuple]:
+def load(data: bytes, max_pixels: int, draft_short: int | None) -> tuple[Image.Image, tuple[int, int], tuple]:
     """Decodes upright RGB pixels; returns (image, upright original size, region of the image covering it).
 
     With `draft_short`, a JPEG may be decoded at 1/2, 1/4 or 1/8 scale as long as its shorter side stays
