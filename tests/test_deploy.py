@@ -6,6 +6,7 @@ The live check (Prometheus scraping a running simpool-serve) is in test_deploy_p
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -13,6 +14,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -672,3 +674,103 @@ def test_export_script_uses_only_flags_the_real_exporter_has() -> None:
     ).stdout
     for flag in used:
         assert re.search(rf"(?<![\w-]){flag}\b", help_text), f"simpool-export has no {flag}"
+
+
+# ------------------------------------------------------------------------------------------------
+# What the runtime images hold, rebuilt here without Docker: the wheel the `wheel` stage builds
+# from exactly the files it copies, run with torch, torchvision and timm made unimportable.
+
+_RUN_FROM_WHEEL = """
+import importlib.abc, sys
+
+class NotInTheImage(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in {"torch", "torchvision", "timm"}:
+            raise ModuleNotFoundError(f"{name} is not in the runtime image", name=name)
+        return None
+
+sys.meta_path.insert(0, NotInTheImage())
+site = sys.argv[1]
+import simpool_serve.service.cli as cli
+assert cli.__file__.startswith(site), f"imported {cli.__file__}, not the wheel's copy"
+sys.argv = ["simpool-serve", *sys.argv[2:]]
+sys.exit(cli.main())
+"""
+
+
+def test_runtime_wheel_serves_without_torch(model_repo: Path, tmp_path: Path) -> None:
+    import zipfile
+
+    import httpx
+    from conftest import free_port
+
+    # The wheel stage's build context: its COPY sources, minus what .dockerignore leaves out.
+    _, stages = parse_dockerfile()
+    (wheel_stage,) = [s for s in stages if s.name == "wheel"]
+    src = tmp_path / "src"
+    src.mkdir()
+    for ins in wheel_stage.all("COPY"):
+        for item in ins.positional()[:-1]:
+            path = REPO / item
+            if path.is_dir():
+                shutil.copytree(path, src / item, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+            else:
+                shutil.copy2(path, src / item)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", "dist", "."],
+        cwd=src, check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    (wheel,) = (src / "dist").glob("simpool_serve-*.whl")
+    site = tmp_path / "site"
+    with zipfile.ZipFile(wheel) as zf:
+        zf.extractall(site)
+        entry_points = zf.read(next(n for n in zf.namelist() if n.endswith("entry_points.txt"))).decode()
+    for script, target in SCRIPTS.items():
+        assert f"{script} = {target}" in entry_points
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SIMPOOL_")}
+    env.update(
+        PYTHONPATH=str(site), SIMPOOL_PROVIDERS="CPUExecutionProvider", SIMPOOL_DEFAULT_MODEL="resnet18"
+    )
+    log = tmp_path / "serve.log"
+    with log.open("wb") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _RUN_FROM_WHEEL, str(site), "--model-dir", str(model_repo),
+             "--host", "127.0.0.1", "--port", str(port)],
+            stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=tmp_path,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, f"the service exited ({proc.returncode}):\n{log.read_text()}"
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, f"not ready in 60 s:\n{log.read_text()}"
+            time.sleep(0.2)
+        image = base64.b64encode(_tiny_png()).decode()
+        r = httpx.post(f"{url}/embed", json={"images": [image]}, timeout=30)
+        assert r.status_code == 200, r.text
+        assert len(r.json()["embeddings"][0]) == r.json()["dim"]
+        assert "simpool_requests_total" in httpx.get(f"{url}/metrics", timeout=10).text
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _tiny_png() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 30), (200, 120, 30)).save(buf, "PNG")
+    return buf.getvalue()
