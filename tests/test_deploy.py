@@ -7,6 +7,7 @@ The live check (Prometheus scraping a running simpool-serve) is in test_deploy_p
 from __future__ import annotations
 
 import base64
+import io
 import json
 import os
 import re
@@ -16,11 +17,15 @@ import subprocess
 import sys
 import time
 import tomllib
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
+from conftest import free_port
+from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
 DOCKERFILE = REPO / "Dockerfile"
@@ -699,11 +704,6 @@ sys.exit(cli.main())
 
 
 def test_runtime_wheel_serves_without_torch(model_repo: Path, tmp_path: Path) -> None:
-    import zipfile
-
-    import httpx
-    from conftest import free_port
-
     # The wheel stage's build context: its COPY sources, minus what .dockerignore leaves out.
     _, stages = parse_dockerfile()
     (wheel_stage,) = [s for s in stages if s.name == "wheel"]
@@ -767,10 +767,6 @@ def test_runtime_wheel_serves_without_torch(model_repo: Path, tmp_path: Path) ->
 
 
 def _tiny_png() -> bytes:
-    import io
-
-    from PIL import Image
-
     buf = io.BytesIO()
     Image.new("RGB", (40, 30), (200, 120, 30)).save(buf, "PNG")
     return buf.getvalue()
