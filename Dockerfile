@@ -54,7 +54,7 @@ RUN pip install --no-deps /dist/*.whl
 ARG MODELS="resnet50_simpool=resnet50 vit_small_simpool=vit_small_patch16_224"
 # Extra simpool-export flags for every model, e.g. "--fp16" or "--gamma none".
 ARG EXPORT_ARGS=""
-COPY deploy/export-models.sh /usr/local/bin/export-models
+COPY --chmod=755 deploy/export-models.sh /usr/local/bin/export-models
 RUN --mount=type=bind,from=checkpoints,target=/checkpoints \
     export-models /models
 
