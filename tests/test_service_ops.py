@@ -1,0 +1,223 @@
+"""Operating `simpool-serve`: auth, limits, overload, deadlines, disconnects, SIGTERM (own processes)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from conftest import Server, start_server
+from PIL import Image
+from test_service_http import metric_values, value
+from test_service_stages import png_bomb
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+@pytest.fixture(scope="module")
+def logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("ops-logs")
+
+
+def wait_until(predicate, what: str, timeout: float = 60) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+# -- auth -----------------------------------------------------------------------------------------
+
+
+def test_api_key(model_repo: Path, logs: Path, photos: dict[str, Path]) -> None:
+    image = {"images": photos["coffee.jpg"].read_bytes()}
+    with start_server(model_repo, logs, {"SIMPOOL_API_KEY": "k3y-for-tests"}) as server, server.client() as c:
+        assert c.get("/healthz").status_code == 200
+        assert c.get("/readyz").status_code == 200
+        assert c.get("/docs").status_code == 200 and c.get("/openapi.json").status_code == 200
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic k3y-for-tests"}):
+            for r in (c.post("/embed", files=image, headers=headers), c.get("/models", headers=headers)):
+                assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+                assert "API key" in r.json()["detail"]
+        assert c.get("/metrics").status_code == 401
+        good = {"Authorization": "Bearer k3y-for-tests"}
+        assert c.post("/embed", files=image, headers=good).status_code == 200
+        assert c.get("/models", headers=good).status_code == 200
+        text = c.get("/metrics", headers=good).text
+        assert 'simpool_requests_total{code="401",endpoint="/embed",model=""} 3.0' in text
+    assert "k3y-for-tests" not in server.read_log()
+
+
+# -- limits, overload, disconnects ----------------------------------------------------------------
+
+TIGHT = {
+    "SIMPOOL_MAX_BATCH_SIZE": "1",
+    "SIMPOOL_MAX_QUEUE": "8",
+    "SIMPOOL_MAX_IMAGES_PER_REQUEST": "8",
+    "SIMPOOL_MAX_IMAGE_PIXELS": "1000000",
+    "SIMPOOL_MAX_IMAGE_BYTES": "1000000",
+    "SIMPOOL_MAX_REQUEST_BYTES": "3000000",
+}
+
+
+@pytest.fixture(scope="module")
+def tight(model_repo: Path, logs: Path) -> Iterator[Server]:
+    with start_server(model_repo, logs, TIGHT) as server:
+        yield server
+
+
+def test_request_limits(tight: Server, photos: dict[str, Path]) -> None:
+    photo = photos["coffee.jpg"].read_bytes()
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 255, (700, 800, 3), dtype=np.uint8))
+    buf = io.BytesIO()
+    noise.save(buf, "PNG")  # 0.56 megapixels, but 1.7 MB
+    big = Image.fromarray(np.zeros((1100, 1000, 3), np.uint8))
+    buf2 = io.BytesIO()
+    big.save(buf2, "PNG")  # 1.1 megapixels, a few kB
+
+    def chunks() -> Iterator[bytes]:
+        for _ in range(40):
+            yield b"x" * 100_000
+
+    with tight.client() as c:
+        cases = {
+            "count": c.post("/embed", files=[("images", photo)] * 9),
+            "queue": None,
+            "image bytes": c.post("/embed", files={"images": buf.getvalue()}),
+            "pixels": c.post("/embed", files=[("images", photo), ("images", buf2.getvalue())]),
+            "bomb": c.post("/embed", json={"images": [b64(png_bomb(9000, 9000))]}),
+            "declared body": c.post("/embed", json={"images": ["A" * 3_100_000]}),
+            "streamed body": c.post("/embed", content=chunks(), headers={"content-type": "application/json"}),
+        }
+        ok = c.post("/embed", files=[("images", photo)] * 8)
+    expect = {
+        "count": "9 images",
+        "image bytes": "image 0",
+        "pixels": "image 1",
+        "bomb": "81000000 pixels",
+        "declared body": "3000000",
+        "streamed body": "3000000",
+    }
+    for name, needle in expect.items():
+        r = cases[name]
+        assert r is not None and r.status_code == 413, (name, r.text if r is not None else None)
+        assert needle in r.json()["detail"], (name, r.json())
+    assert ok.status_code == 200 and len(ok.json()["embeddings"]) == 8
+
+
+def test_overload_answers_503_with_retry_after(tight: Server, photos: dict[str, Path]) -> None:
+    files = [("images", photos["astronaut.jpg"].read_bytes())] * 8  # a full queue per request
+    with tight.client() as c:
+        before = metric_values(c)
+
+    def call(_: int) -> httpx.Response:
+        with tight.client() as c:
+            return c.post("/embed", files=files)
+
+    with ThreadPoolExecutor(12) as pool:
+        answers = list(pool.map(call, range(12)))
+    codes = [r.status_code for r in answers]
+    assert set(codes) == {200, 503}, codes
+    for r in answers:
+        if r.status_code == 503:
+            assert int(r.headers["retry-after"]) >= 1 and "full" in r.json()["detail"]
+    with tight.client() as c:
+        after = metric_values(c)
+        assert c.get("/readyz").status_code == 200  # overload is not unreadiness
+    for code in (200, 503):
+        got = value(after, "simpool_requests_total", endpoint="/embed", model="resnet18", code=str(code))
+        was = value(before, "simpool_requests_total", endpoint="/embed", model="resnet18", code=str(code))
+        assert got - was == codes.count(code)
+
+
+def test_disconnected_client_has_its_images_dropped(tight: Server, photos: dict[str, Path]) -> None:
+    files = [("images", photos["astronaut.jpg"].read_bytes())] * 8
+    with tight.client() as c:
+        before = metric_values(c)
+    impatient = httpx.Client(base_url=tight.url, timeout=httpx.Timeout(60, read=0.03))
+    with impatient, pytest.raises(httpx.ReadTimeout):
+        impatient.post("/embed", files=files)
+
+    def recorded() -> bool:
+        now = metric_values(httpx.Client(base_url=tight.url))
+        return value(now, "simpool_requests_total", endpoint="/embed", model="resnet18", code="499") > value(
+            before, "simpool_requests_total", endpoint="/embed", model="resnet18", code="499"
+        )
+
+    wait_until(recorded, "the disconnect to be recorded")
+    time.sleep(0.3)  # let any batch that was already running finish
+    with tight.client() as c:
+        after = metric_values(c)
+    ran = value(after, "simpool_batch_size_sum", model="resnet18") - value(
+        before, "simpool_batch_size_sum", model="resnet18"
+    )
+    assert ran < 8  # the images still queued when the client left never ran
+    assert value(after, "simpool_failures_total", model="resnet18", reason="disconnected") >= 1
+
+
+# -- deadline -------------------------------------------------------------------------------------
+
+
+def test_deadline_gives_504_and_drops_the_images(
+    model_repo: Path, logs: Path, photos: dict[str, Path]
+) -> None:
+    env = {"SIMPOOL_REQUEST_TIMEOUT_S": "0.5", "SIMPOOL_MAX_BATCH_SIZE": "1"}
+    many = [("images", photos["astronaut.jpg"].read_bytes())] * 64  # far more than 0.5 s of work
+    with start_server(model_repo, logs, env) as server, server.client() as c:
+        r = c.post("/embed", files=many)
+        assert r.status_code == 504 and "deadline" in r.json()["detail"]
+        time.sleep(0.5)
+        m = metric_values(c)
+        assert value(m, "simpool_batch_size_sum", model="resnet18") < 64
+        assert value(m, "simpool_queue_depth", model="resnet18") == 0
+        assert value(m, "simpool_failures_total", model="resnet18", reason="timeout") == 1
+        small = c.post("/embed", files=many[:1])  # the server is fine afterwards
+        assert small.status_code == 200
+
+
+# -- graceful shutdown ----------------------------------------------------------------------------
+
+
+def test_sigterm_answers_accepted_requests_and_exits_0(
+    model_repo: Path, logs: Path, photos: dict[str, Path]
+) -> None:
+    files = [("images", photos["chelsea.jpg"].read_bytes())] * 6
+    with start_server(model_repo, logs, {"SIMPOOL_MAX_BATCH_SIZE": "1"}) as server:
+        answers: list[httpx.Response] = []
+        lock = threading.Lock()
+
+        def call() -> None:
+            with server.client() as c:
+                r = c.post("/embed", files=files)
+            with lock:
+                answers.append(r)
+
+        threads = [threading.Thread(target=call) for _ in range(6)]
+        for t in threads:
+            t.start()
+
+        def all_queued() -> bool:  # every image decoded: the server holds all 6 requests
+            m = metric_values(httpx.Client(base_url=server.url))
+            return value(m, "simpool_stage_duration_seconds_count", model="resnet18", stage="decode") >= 36
+
+        wait_until(all_queued, "all requests to be accepted")
+        server.proc.send_signal(signal.SIGTERM)
+        for t in threads:
+            t.join(timeout=120)
+        assert server.proc.wait(timeout=60) == 0
+        assert [r.status_code for r in answers] == [200] * 6
+        assert all(len(r.json()["embeddings"]) == 6 for r in answers)
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"{server.url}/healthz", timeout=2)
+    assert "shutting down" in server.read_log()
