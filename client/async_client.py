@@ -66,7 +66,7 @@ class AsyncSimPoolClient:
 
     async def _send(self, request: Request) -> httpx.Response:
         async with self._slots:
-            body = request.json_body()
+            body = await asyncio.to_thread(request.json_body)  # file reads and base64 off the event loop
             state = RetryState(self._retry)
             while True:
                 try:

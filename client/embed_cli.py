@@ -214,6 +214,11 @@ def main(argv: list[str] | None = None) -> int:
             state[0].save()
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # e.g. the runtime failing in --local: keep what was done, then say why
+        if state:
+            state[0].save()
+        print(f"{PROG}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         if state:
             state[0].save()
