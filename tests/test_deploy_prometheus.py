@@ -220,6 +220,22 @@ def test_every_dashboard_query_runs_and_finds_data(scraped: tuple[Server, str]) 
         wait_for(f"data for panel {title!r}: {promql}", lambda q=promql: query(prom, q))
 
 
+def test_replica_down_alert_expression_sees_a_stopped_service(scraped: tuple[Server, str]) -> None:
+    """Runs last in this module: stops the service and checks that SimPoolReplicaDown's expression fires."""
+    server, prom = scraped
+    (expr,) = [
+        r["expr"]
+        for g in load_yaml(ALERTS_YML)["groups"]
+        for r in g["rules"]
+        if r["alert"] == "SimPoolReplicaDown"
+    ]
+    assert query(prom, expr) == []  # up, so nothing to alert on
+    server.proc.terminate()
+    server.proc.wait(timeout=60)
+    (series,) = wait_for("the replica-down expression to fire", lambda: query(prom, expr), timeout=20)
+    assert series["metric"]["instance"] == server.url.removeprefix("http://")
+
+
 @pytest.mark.skipif(PROMTOOL is None, reason="promtool comes with Debian's prometheus package")
 def test_promtool_accepts_the_repo_config_and_rules(tmp_path: Path) -> None:
     cfg = load_yaml(PROMETHEUS_YML)
