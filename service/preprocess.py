@@ -170,18 +170,24 @@ def load_original(data: bytes, max_pixels: int) -> Image.Image:
 
 
 def prepare(img: Image.Image, size: tuple[int, int], box: tuple, manifest: Manifest) -> np.ndarray:
-    """Resize the shorter side of the (upright) original to `manifest.resize`, centre-crop to S×S."""
+    """Resize the shorter side of the (upright) original to `manifest.resize`, centre-crop to S×S.
+
+    `box` is the region of `img` that holds the original of `size` (all of it, unless JPEG draft
+    decoding shrank it). The whole image is resized, then cropped, exactly as torchvision does:
+    resizing only the crop's box would be ~0.6 ms faster but differs by ±1 on a few pixels.
+    """
     s = manifest.input_size
     rw, rh = resized_size(size[0], size[1], manifest.resize)
     full = box == (0.0, 0.0, float(img.width), float(img.height))
     if (rw, rh) != img.size or not full:
         img = img.resize((rw, rh), _RESAMPLE[manifest.interpolation], box=None if full else box)
     left, top = crop_offsets(rw, rh, s)
-    if left < 0 or top < 0:  # smaller than the crop: torchvision pads with zeros
-        canvas = Image.new("RGB", (max(rw, s), max(rh, s)))
-        canvas.paste(img, (max(0, -left), max(0, -top)))
-        img, rw, rh = canvas, canvas.width, canvas.height
-        left, top = crop_offsets(rw, rh, s)
+    if left < 0 or top < 0:  # smaller than the crop on a side: torchvision pads with zeros
+        pad_x, pad_y = max(0, s - rw), max(0, s - rh)
+        canvas = Image.new("RGB", (rw + pad_x, rh + pad_y))
+        canvas.paste(img, (pad_x // 2, pad_y // 2))
+        img = canvas
+        left, top = crop_offsets(canvas.width, canvas.height, s)
     return np.asarray(img.crop((left, top, left + s, top + s)), dtype=np.uint8)
 
 

@@ -184,6 +184,12 @@ def test_small_and_odd_sized_images() -> None:
         )
         got = decode_image(encode(img, "PNG"), m, 10**8)
         np.testing.assert_array_equal(got, torchvision_reference(img, m), err_msg=str(size))
+    # A manifest whose resize is below the crop: torchvision pads with zeros, and so do we.
+    odd = manifest(resize=201, input_size=224)
+    img = Image.fromarray(np.random.default_rng(1).integers(0, 255, (300, 451, 3), dtype=np.uint8))
+    np.testing.assert_array_equal(
+        decode_image(encode(img, "PNG"), odd, 10**8), torchvision_reference(img, odd)
+    )
 
 
 _INVERSE = {
