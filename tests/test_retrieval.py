@@ -41,7 +41,7 @@ def collection(photos: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 
 
 def test_photos_find_themselves_and_their_copies(
-    server: Server, collection: tuple[Path, Path], tmp_path: Path
+    server: Server, model_repo: Path, collection: tuple[Path, Path], tmp_path: Path
 ) -> None:
     src, copies = collection
     work = tmp_path / "work"
@@ -67,9 +67,10 @@ def test_photos_find_themselves_and_their_copies(
         original = path.name.removesuffix(".copy.jpg")
         assert original in [hit["path"] for hit in results[str(path)]], (original, results[str(path)])
 
-    # The human-readable form of the same query.
-    proc = run(*query, originals[0], "--url", server.url)
-    assert proc.returncode == 0 and f"1. 1.0000  {originals[0].name}" in proc.stdout, proc.stdout
+    # The human-readable form, with the query embedded in-process: same fingerprint, same answer.
+    proc = run(*query, originals[0], "--local", model_repo)
+    assert proc.returncode == 0, proc.stderr
+    assert f"1. 1.0000  {originals[0].name}" in proc.stdout, proc.stdout
 
 
 def test_query_refuses_an_index_from_another_model(
