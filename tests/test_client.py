@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import io
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -158,3 +160,13 @@ def test_async_client_matches_sync(server: Server, five: list[Path]) -> None:
         assert cosine(backward.embeddings[4 - i], expected.embeddings[i]) > 0.9999
     assert forward.fingerprint == expected.fingerprint
     assert cls.predictions[0] and any(m.name == "vit_tiny" for m in models)
+
+
+def test_client_never_imports_torch_timm_or_onnxruntime() -> None:
+    code = (
+        "import sys, simpool_serve.client, simpool_serve.client.embed_cli, simpool_serve.client.backends;"
+        "bad = sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'timm', 'onnxruntime'});"
+        "sys.exit(str(bad) if bad else 0)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
