@@ -9,13 +9,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import onnx
 import torch
 from simpool_serve.models.model import SimPoolModel
 from torch import nn
 
 INPUT_NAME = "images"
 OUTPUT_NAMES_ALL = ("embedding", "attention", "logits")
-# Pinned: opset 18 has LayerNormalization and ReduceMin with axes as an input; onnxruntime ≥ 1.14 runs it.
+# Pinned: the dynamo exporter's native opset (LayerNormalization, ReduceMin with axes as an input);
+# onnxruntime ≥ 1.14 runs it. --opset 14..17 uses the TorchScript exporter instead.
 DEFAULT_OPSET = 18
 
 
@@ -45,23 +47,41 @@ class ServingGraph(nn.Module):
 
 
 def export_onnx(graph: ServingGraph, path: Path, image_size: int, opset: int = DEFAULT_OPSET) -> None:
-    """Writes a single-file ONNX graph with a dynamic batch axis.
+    """Writes a single-file ONNX graph with a dynamic batch axis, at exactly the requested opset.
 
-    Uses the dynamo exporter (torch.export + onnxscript): its graph is about half the size of the
-    TorchScript exporter's, keeps every non-batch dimension static (the TorchScript one loses the
-    embedding width to a symbolic name), and runs its own graph optimiser. It costs a few seconds more.
+    Opset ≥ 18 uses the dynamo exporter (torch.export + onnxscript): its graph is about half the
+    size of the TorchScript exporter's, keeps every non-batch dimension static (the TorchScript one
+    turns the embedding width into a symbolic name), and is optimised. It implements nothing below
+    opset 18, so older opsets (for older onnxruntime builds) go through the TorchScript exporter.
     """
     example = torch.randint(0, 256, (2, image_size, image_size, 3), dtype=torch.uint8)
+    names = graph.output_names
     with torch.no_grad():
-        program = torch.onnx.export(
-            graph,
-            (example,),
-            input_names=[INPUT_NAME],
-            output_names=graph.output_names,
-            dynamic_shapes={INPUT_NAME: {0: torch.export.Dim("N", min=1, max=4096)}},
-            opset_version=opset,
-            dynamo=True,
-            external_data=False,
-            verbose=False,
-        )
-    program.save(str(path), external_data=False)
+        if opset >= 18:
+            program = torch.onnx.export(
+                graph,
+                (example,),
+                input_names=[INPUT_NAME],
+                output_names=names,
+                dynamic_shapes={INPUT_NAME: {0: torch.export.Dim("N", min=1, max=4096)}},
+                opset_version=opset,
+                dynamo=True,
+                external_data=False,
+                verbose=False,
+            )
+            program.save(str(path), external_data=False)
+        else:
+            torch.onnx.export(
+                graph,
+                (example,),
+                str(path),
+                input_names=[INPUT_NAME],
+                output_names=names,
+                dynamic_axes={n: {0: "N"} for n in [INPUT_NAME, *names]},
+                opset_version=opset,
+                dynamo=False,
+            )
+    written = {o.domain: o.version for o in onnx.load(str(path), load_external_data=False).opset_import}
+    if written.get("", written.get("ai.onnx")) != opset:
+        path.unlink(missing_ok=True)
+        raise ValueError(f"the exporter wrote opset {written} instead of the requested {opset}")
