@@ -20,6 +20,9 @@ from simpool_serve.service.settings import Settings
 
 log = logging.getLogger("simpool_serve.cli")
 
+# Like uvicorn: the server could not start serving (unreadable repository, a model that fails to load).
+STARTUP_FAILURE = 3
+
 
 class _Server(uvicorn.Server):
     """uvicorn's server, except that a handled SIGTERM/SIGINT ends the process normally (exit 0).
@@ -91,11 +94,11 @@ def main(argv: list[str] | None = None) -> int:
         lifespan="on",
     )
     server = _Server(config)
-    server.run()
+    server.run()  # exits with uvicorn's code 3 itself if start-up (reading the repository) fails
     if fatal:
         log.error("exiting: %s", fatal[0])
-        return 1
-    return 0 if server.started else 1
+        return STARTUP_FAILURE
+    return 0 if server.started else STARTUP_FAILURE
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from simpool_serve.service.errors import ServiceError
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 OnError = Literal["fail", "skip"]
 
@@ -98,11 +98,14 @@ async def read_body(request: Request, limit: int) -> bytes:
         raise ServiceError(413, f"request body of {declared} bytes is over the limit of {limit}", "too_large")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ServiceError(413, f"request body is over the limit of {limit} bytes", "too_large")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise ServiceError(413, f"request body is over the limit of {limit} bytes", "too_large")
+            chunks.append(chunk)
+    except ClientDisconnect as exc:
+        raise ServiceError(499, "client closed the connection while sending", "disconnected") from exc
     return b"".join(chunks)
 
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import base64
 import io
+import os
+import shutil
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -14,7 +17,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import Server, start_server
+from conftest import BIN, Server, start_server
 from PIL import Image
 from test_service_http import metric_values, value
 from test_service_stages import png_bomb
@@ -221,3 +224,28 @@ def test_sigterm_answers_accepted_requests_and_exits_0(
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"{server.url}/healthz", timeout=2)
     assert "shutting down" in server.read_log()
+
+
+# -- start-up failures ----------------------------------------------------------------------------
+
+
+def serve_exit(model_dir: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Runs simpool-serve on a repository it cannot serve; it must stop by itself with a reason."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("SIMPOOL_")}
+    full_env.update({"SIMPOOL_PROVIDERS": "CPUExecutionProvider", **(env or {})})
+    cmd = [str(BIN / "simpool-serve"), "--model-dir", str(model_dir), "--host", "127.0.0.1", "--port", "0"]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=full_env)
+
+
+def test_unservable_repositories_exit_non_zero(model_repo: Path, tmp_path: Path) -> None:
+    missing = serve_exit(tmp_path / "nowhere")
+    assert missing.returncode == 3 and "does not exist" in missing.stderr
+    broken = tmp_path / "repo"
+    shutil.copytree(model_repo / "vit_tiny", broken / "vit_tiny")
+    (broken / "vit_tiny" / "model.onnx").write_bytes(b"this is not an onnx graph")
+    corrupt = serve_exit(broken)
+    assert corrupt.returncode == 3 and "loading the models failed" in corrupt.stderr
+    bad_setting = serve_exit(model_repo, {"SIMPOOL_MAX_BATCH_SIZE": "zero"})
+    assert bad_setting.returncode == 2 and "max_batch_size" in bad_setting.stderr
+    no_default = serve_exit(model_repo, {"SIMPOOL_DEFAULT_MODEL": "ghost"})
+    assert no_default.returncode == 3 and "ghost" in no_default.stderr
