@@ -11,27 +11,15 @@ import copy
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-import onnx
-import torch
-from simpool_serve.export.graph import DEFAULT_OPSET, ServingGraph, export_onnx
-from simpool_serve.export.manifest import ManifestInputs, build_manifest, write_manifest
-from simpool_serve.export.parity import FP16_TOLERANCE, FP32_TOLERANCE, check_parity
-from simpool_serve.export.preprocess import preprocessing_for
-from simpool_serve.models.checkpoint import (
-    UNSET,
-    ImportedCheckpoint,
-    import_checkpoint,
-    load_weights,
-    resolve_config,
-)
-from simpool_serve.models.model import build_model
-from simpool_serve.models.remote import resolve_checkpoint
-from simpool_serve.models.safe_load import CheckpointError, CheckpointRefused, load_file
+# torch, timm and onnx load inside run(): a usage error is reported without waiting for them.
+if TYPE_CHECKING:
+    from simpool_serve.models.checkpoint import ImportedCheckpoint
 
 EXIT_PARITY = 1
 EXIT_USAGE = 2
+DEFAULT_OPSET = 18  # keep in step with simpool_serve.export.graph.DEFAULT_OPSET (a test checks it)
 
 
 def _gamma(text: str) -> float | None:
@@ -58,7 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="weights to take: state_dict (default) or state_dict_ema; teacher (default) or student",
     )
     p.add_argument(
-        "--gamma", type=_gamma, default=UNSET, help="SimPool γ, or 'none' (default: checkpoint, else paper)"
+        "--gamma",
+        type=_gamma,
+        default=argparse.SUPPRESS,  # absent: the checkpoint's args, else the paper's default
+        help="SimPool γ, or 'none' (default: the checkpoint's, else 2.0 for CNNs and 1.25 for ViT)",
     )
     p.add_argument("--name", help="model name in the manifest (default: the --out folder's name)")
     p.add_argument(
@@ -75,10 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load(args: argparse.Namespace) -> tuple[ImportedCheckpoint | None, str | None]:
+    from simpool_serve.export.manifest import sha256_file
+    from simpool_serve.models.checkpoint import import_checkpoint
+    from simpool_serve.models.remote import resolve_checkpoint
+    from simpool_serve.models.safe_load import load_file
+
     if args.random_init:
         return None, None
     path = resolve_checkpoint(args.checkpoint)
-    from simpool_serve.export.manifest import sha256_file
 
     sha = sha256_file(path) if path.is_file() else None
     imported = import_checkpoint(load_file(path), key=args.checkpoint_key)
@@ -87,9 +82,19 @@ def _load(args: argparse.Namespace) -> tuple[ImportedCheckpoint | None, str | No
 
 
 def run(args: argparse.Namespace) -> int:
+    import onnx
+    import torch
+    from simpool_serve.export.graph import ServingGraph, export_onnx
+    from simpool_serve.export.manifest import ManifestInputs, build_manifest, write_manifest
+    from simpool_serve.export.parity import FP16_TOLERANCE, FP32_TOLERANCE, check_parity
+    from simpool_serve.export.preprocess import preprocessing_for
+    from simpool_serve.models.checkpoint import UNSET, load_weights, resolve_config
+    from simpool_serve.models.model import build_model
+
     t0 = time.perf_counter()
     imported, ckpt_sha = _load(args)
-    config = resolve_config(imported, args.arch, args.gamma, args.num_classes, args.image_size)
+    gamma = args.gamma if hasattr(args, "gamma") else UNSET
+    config = resolve_config(imported, args.arch, gamma, args.num_classes, args.image_size)
     model = build_model(config, seed=args.seed if args.random_init else None)
     if imported is not None:
         for note in load_weights(model, imported):
@@ -158,19 +163,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("pass exactly one of --checkpoint or --random-init")
     if args.image_size is not None and args.image_size < 32:
         parser.error("--image-size must be at least 32")
+    from simpool_serve.models.safe_load import CheckpointError
+
     try:
         return run(args)
-    except CheckpointRefused as exc:
+    except (CheckpointError, ValueError) as exc:  # refused, unreadable, mismatched, unsupported arch
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except (CheckpointError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-
-
-def _entry() -> Any:  # pragma: no cover - `python -m simpool_serve.export.cli`
-    sys.exit(main())
 
 
 if __name__ == "__main__":
-    _entry()
+    sys.exit(main())

@@ -1,0 +1,210 @@
+"""`simpool-export` end to end: the ONNX graph and manifest.json that the service relies on (CONTRACT §2)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from conftest import run_export
+from PIL import Image
+from simpool_serve.export.graph import ServingGraph
+from simpool_serve.export.parity import check_parity
+from simpool_serve.models.model import ModelConfig, build_model
+from test_simpool_head import rel_err
+
+MANIFEST_TYPES: dict[str, type | tuple[type, ...]] = {
+    "name": str,
+    "arch": str,
+    "embedding_dim": int,
+    "num_classes": int,
+    "input_size": int,
+    "grid": list,
+    "mean": list,
+    "std": list,
+    "resize": int,
+    "interpolation": str,
+    "gamma": (float, type(None)),
+    "weights": str,
+    "checkpoint_sha256": (str, type(None)),
+    "onnx_sha256": str,
+    "labels": (list, type(None)),
+    "opset": int,
+    "precision": str,
+    "created_at": str,
+    "exporter_version": str,
+}
+
+
+def manifest_of(d: Path) -> dict:
+    return json.loads((d / "manifest.json").read_text())
+
+
+def session(d: Path) -> ort.InferenceSession:
+    return ort.InferenceSession(str(d / "model.onnx"), providers=["CPUExecutionProvider"])
+
+
+def photo_batch(photos: dict[str, Path], n: int, size: int = 224) -> np.ndarray:
+    names = ["astronaut.jpg", "coffee.jpg", "chelsea.jpg", "rocket.jpg", "camera.png"]
+    imgs = [Image.open(photos[names[i % len(names)]]).convert("RGB").resize((size, size)) for i in range(n)]
+    return np.stack([np.asarray(i) for i in imgs])
+
+
+@pytest.mark.parametrize("name", ["resnet18", "vit_tiny"])
+def test_manifest_has_every_contract_field(model_repo: Path, name: str) -> None:
+    d = model_repo / name
+    m = manifest_of(d)
+    for field, kind in MANIFEST_TYPES.items():
+        assert field in m, field
+        assert isinstance(m[field], kind) and not isinstance(m[field], bool), (field, m[field])
+    assert m["name"] == name
+    assert m["weights"] == "random" and m["checkpoint_sha256"] is None and m["seed"] == 0
+    assert m["onnx_sha256"] == hashlib.sha256((d / "model.onnx").read_bytes()).hexdigest()
+    assert m["input_size"] == 224 and m["resize"] == 256 and m["interpolation"] in ("bilinear", "bicubic")
+    assert all(isinstance(v, float) for v in m["mean"] + m["std"]) and len(m["mean"]) == len(m["std"]) == 3
+    assert m["precision"] == "fp32" and m["opset"] == 18
+    assert datetime.fromisoformat(m["created_at"]).tzinfo is not None
+    assert all(v <= 1e-4 for v in m["parity"].values())
+    if name == "resnet18":
+        assert (m["arch"], m["embedding_dim"], m["num_classes"], m["grid"]) == ("resnet18", 512, 1000, [7, 7])
+        assert m["gamma"] == 2.0 and m["mean"] == pytest.approx([0.485, 0.456, 0.406])
+        assert len(m["labels"]) == 1000 and all(isinstance(s, str) and s for s in m["labels"])
+        assert m["labels"][0].startswith("tench") and m["labels"][999].startswith("toilet tissue")
+        assert m["outputs"] == ["embedding", "attention", "logits"]
+    else:
+        assert (m["arch"], m["embedding_dim"], m["num_classes"], m["grid"]) == (
+            "vit_tiny_patch16_224",
+            192,
+            0,
+            [14, 14],
+        )
+        assert m["gamma"] == 1.25 and m["labels"] is None and m["outputs"] == ["embedding", "attention"]
+
+
+@pytest.mark.parametrize("name", ["resnet18", "vit_tiny"])
+def test_graph_signature(model_repo: Path, name: str) -> None:
+    d = model_repo / name
+    m = manifest_of(d)
+    model = onnx.load(str(d / "model.onnx"))
+    onnx.checker.check_model(model, full_check=True)
+    assert not list(d.glob("*.data")) and not any(
+        init.data_location == onnx.TensorProto.EXTERNAL for init in model.graph.initializer
+    )
+    (inp,) = model.graph.input
+    assert inp.name == "images" and inp.type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    dims = inp.type.tensor_type.shape.dim
+    assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [224, 224, 3]
+    outs = {o.name: o for o in model.graph.output}
+    assert list(outs) == m["outputs"]
+    for o in outs.values():
+        assert o.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+        assert o.type.tensor_type.shape.dim[0].dim_param  # dynamic batch
+
+
+@pytest.mark.parametrize("name", ["resnet18", "vit_tiny"])
+def test_dynamic_batch_on_photos(model_repo: Path, name: str, photos: dict[str, Path]) -> None:
+    m = manifest_of(model_repo / name)
+    sess = session(model_repo / name)
+    batch = photo_batch(photos, 5)
+    full = dict(zip(m["outputs"], sess.run(m["outputs"], {"images": batch}), strict=True))
+    assert full["embedding"].shape == (5, m["embedding_dim"])
+    assert full["attention"].shape == (5, *m["grid"])
+    np.testing.assert_allclose(full["attention"].sum(axis=(1, 2)), 1.0, atol=1e-5)
+    assert (full["attention"] >= 0).all()
+    if m["num_classes"]:
+        assert full["logits"].shape == (5, m["num_classes"])
+    for n in (1, 2):
+        part = sess.run(m["outputs"], {"images": batch[:n]})
+        for k, p in zip(m["outputs"], part, strict=True):
+            assert rel_err(p, full[k][:n]) < 1e-4
+
+
+def test_random_init_is_reproducible(model_repo: Path, tmp_path: Path, photos: dict[str, Path]) -> None:
+    run_export(
+        tmp_path / "again", "--arch", "resnet18", "--num-classes", "1000", "--random-init", "--seed", "0"
+    )
+    batch = photo_batch(photos, 2)
+    a = session(model_repo / "resnet18").run(None, {"images": batch})
+    b = session(tmp_path / "again").run(None, {"images": batch})
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert manifest_of(tmp_path / "again")["name"] == "again"  # default name: the folder's
+    s0 = build_model(ModelConfig("resnet18", num_classes=10, gamma=2.0), seed=0).state_dict()
+    s1 = build_model(ModelConfig("resnet18", num_classes=10, gamma=2.0), seed=1).state_dict()
+    assert not torch.equal(s0["pool.wq.weight"], s1["pool.wq.weight"])
+
+
+def test_parity_gate_detects_a_different_model(model_repo: Path) -> None:
+    other = build_model(ModelConfig("resnet18", num_classes=1000, gamma=2.0), seed=1)
+    m = manifest_of(model_repo / "resnet18")
+    errors = check_parity(
+        model_repo / "resnet18" / "model.onnx", ServingGraph(other, m["mean"], m["std"]), 224
+    )
+    assert all(v > 1e-2 for v in errors.values()), errors
+
+
+def test_fp16_graph(model_repo: Path, tmp_path: Path, photos: dict[str, Path]) -> None:
+    out = tmp_path / "vit_tiny_fp16"
+    proc = run_export(out, "--arch", "vit_tiny_patch16_224", "--num-classes", "0", "--random-init", "--fp16")
+    assert "parity" in proc.stdout
+    m = manifest_of(out)
+    assert m["precision"] == "fp16" and all(v <= 1e-2 for v in m["parity"].values())
+    model = onnx.load(str(out / "model.onnx"))
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    assert all(o.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for o in model.graph.output)
+    assert (out / "model.onnx").stat().st_size < 0.6 * (model_repo / "vit_tiny" / "model.onnx").stat().st_size
+    batch = photo_batch(photos, 3)
+    half = session(out).run(None, {"images": batch})
+    full = session(model_repo / "vit_tiny").run(None, {"images": batch})
+    for h, f in zip(half, full, strict=True):
+        assert h.dtype == np.float32 and rel_err(h, f) < 1e-2
+
+
+def test_convnext_options(tmp_path: Path) -> None:
+    """A ConvNeXt with --gamma none, another input size and an older opset (TorchScript exporter)."""
+    out = tmp_path / "cnx"
+    run_export(
+        out, "--arch", "convnext_tiny", "--random-init", "--gamma", "none",
+        "--image-size", "160", "--opset", "17", "--num-classes", "5", "--name", "cnx-small",
+    )  # fmt: skip
+    m = manifest_of(out)
+    assert (m["name"], m["gamma"], m["input_size"], m["resize"], m["grid"]) == (
+        "cnx-small",
+        None,
+        160,
+        182,
+        [5, 5],
+    )
+    assert m["placement"] == "pool_then_norm" and m["opset"] == 17 and m["labels"] is None
+    opsets = {o.domain: o.version for o in onnx.load(str(out / "model.onnx")).opset_import}
+    assert opsets[""] == 17
+    outs = session(out).run(None, {"images": np.zeros((4, 160, 160, 3), np.uint8)})
+    assert [o.shape for o in outs] == [(4, 768), (4, 5, 5), (4, 5)]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--arch", "resnet18"], "exactly one of --checkpoint or --random-init"),
+        (["--arch", "no_such_net", "--random-init"], "unknown timm architecture"),
+        (["--arch", "efficientnet_b0", "--random-init"], "not a timm ResNet, ConvNeXt or ViT"),
+        (["--arch", "resnet18", "--random-init", "--gamma", "big"], "expected a number or 'none'"),
+    ],
+)
+def test_usage_errors_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
+    proc = run_export(tmp_path / "out", *args, check=False)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert message in proc.stderr
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_cli_default_opset_matches_graph() -> None:
+    from simpool_serve.export import cli, graph
+
+    assert cli.DEFAULT_OPSET == graph.DEFAULT_OPSET
