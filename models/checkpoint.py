@@ -168,11 +168,12 @@ def load_weights(model: SimPoolModel, imported: ImportedCheckpoint) -> list[str]
     sd = dict(imported.state_dict)
     notes = list(imported.notes)
     if model.pool.beta is None and "pool.beta" in sd:
-        if imported.format != "dino":
-            raise CheckpointError("checkpoint has pool β (pool.beta) but the model has no γ; pass --gamma")
-        # The paper's DINO ViT teacher is built with its default γ and β even for runs trained without γ.
+        # β is used only with γ. The paper's DINO ViT teacher is built with its default γ and β even
+        # for runs trained without γ, so its files carry simpool.beta regardless.
         del sd["pool.beta"]
-        notes.append("ignored simpool.beta: β is used only with γ, and this model has γ=None")
+        notes.append(
+            f"ignored the checkpoint's β: it is used only with γ, and this model has γ={model.pool.gamma}"
+        )
     if model.head is None:
         dropped = [k for k in sd if k.startswith("head.")]
         for k in dropped:

@@ -14,6 +14,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -327,7 +328,7 @@ def test_dino_vit_without_gamma_ignores_teacher_beta(tmp_path: Path) -> None:
     assert config.arch == "vit_small_patch16_224" and config.gamma is None and not config.use_beta
     model = build_model(config)
     notes = load_weights(model, imported)
-    assert any("beta" in n for n in notes)
+    assert any("β" in n for n in notes)
     assert model.pool.beta is None and model.placement == "pool_then_norm"
     images = np.random.default_rng(0).integers(0, 256, (2, 224, 224, 3), dtype=np.uint8)
     ref = float64_reference(layout, images)
@@ -434,3 +435,45 @@ def test_hub_download_without_network_fails_clearly(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "cannot download hf://billpsomas/resnet50_dino_simpool_ep100" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def facebook_convnext_keys(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """timm's ConvNeXt key names -> the original (Facebook) names that the paper's DINO ConvNeXt uses."""
+    out = {}
+    for k, v in sd.items():
+        k = re.sub(r"^stem\.", "downsample_layers.0.", k)
+        k = re.sub(r"^stages\.(\d+)\.downsample\.(\d+)", r"downsample_layers.\1.\2", k)
+        k = re.sub(r"^stages\.(\d+)\.blocks\.(\d+)", r"stages.\1.\2", k)
+        k = k.replace("conv_dw", "dwconv").replace("mlp.fc", "pwconv").replace("head.norm.", "norm.")
+        out[k] = v
+    return out
+
+
+def test_dino_convnext_layout(tmp_path: Path) -> None:
+    """The DINO ConvNeXt (Facebook key names, pool then the final norm); the paper's is convnext_small."""
+    torch.manual_seed(50)
+    bb = timm.create_model("convnext_tiny", num_classes=0, global_pool="")
+    sd = perturbed(bb.state_dict(), 51)
+    pool = simpool_weights(768, 52, beta=False)
+    fb = facebook_convnext_keys(sd)
+    assert "downsample_layers.1.1.weight" in fb and "stages.3.2.pwconv2.weight" in fb and "norm.weight" in fb
+    teacher = prefixed(
+        "module.", {**prefixed("backbone.", {**fb, **prefixed("simpool.", pool)}), **dino_head(768, 53)}
+    )
+    args = argparse.Namespace(arch="convnext_tiny", mode="simpool", gamma=2.0, patch_size=16)
+    path = tmp_path / "convnext_dino_simpool.pth"
+    torch.save({"teacher": teacher, "student": teacher, "args": args}, path)
+
+    imported = import_checkpoint(load_file(path))
+    model = build_model(resolve_config(imported))
+    load_weights(model, imported)
+    assert model.placement == "pool_then_norm" and model.head is None
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    bb.load_state_dict(sd)
+    with torch.no_grad():
+        feats = bb.double().eval().forward_features(x).numpy()
+        emb, attn, _ = model.double()(x)
+    ref, ref_attn = simpool_reference(feats, _np(pool), 2.0)
+    ref = layer_norm(ref, sd["head.norm.weight"].double().numpy(), sd["head.norm.bias"].double().numpy())
+    assert rel_err(emb.numpy(), ref) < 1e-10
+    assert rel_err(attn.reshape(2, -1).numpy(), ref_attn) < 1e-10
