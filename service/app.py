@@ -2,22 +2,21 @@
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Query, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import ValidationError
 from simpool_serve.service import encoding
+from simpool_serve.service.auth import bearer_auth
 from simpool_serve.service.errors import ServiceError
+from simpool_serve.service.handlers import install_error_handlers
 from simpool_serve.service.metrics import Metrics
 from simpool_serve.service.models import default_model, discover, load_all
+from simpool_serve.service.observe import RequestObserver
 from simpool_serve.service.parsing import (
     AttentionFields,
     AttentionJSON,
@@ -26,7 +25,6 @@ from simpool_serve.service.parsing import (
     EmbedFields,
     EmbedJSON,
     Fields,
-    describe,
 )
 from simpool_serve.service.pipeline import Outcome, Service
 from simpool_serve.service.schemas import (
@@ -39,58 +37,10 @@ from simpool_serve.service.schemas import (
     error_responses,
 )
 from simpool_serve.service.settings import Settings
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger("simpool_serve.app")
 
-ENDPOINTS = ("/embed", "/attention", "/classify", "/models", "/healthz", "/readyz", "/metrics")
-_QUIET = {"/healthz", "/readyz", "/metrics"}  # probes and scrapes are logged at debug level
 _IMAGE_ERRORS = (400, 401, 404, 413, 415, 422, 500, 503, 504)
-
-
-class RequestObserver:
-    """ASGI middleware: counts, times and logs every request once, whatever its outcome."""
-
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start = time.perf_counter()
-        state: dict[str, Any] = scope.setdefault("state", {})
-        status = 500
-
-        async def observed_send(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, observed_send)
-        finally:
-            path = scope["path"]
-            endpoint = path if path in ENDPOINTS else "other"
-            model = state.get("model", "")
-            seconds = time.perf_counter() - start
-            self.metrics.requests.labels(endpoint, model, str(status)).inc()
-            self.metrics.request_duration.labels(endpoint).observe(seconds)
-            log.log(
-                logging.DEBUG if endpoint in _QUIET and status < 400 else logging.INFO,
-                "request",
-                extra={
-                    "method": scope["method"],
-                    "endpoint": endpoint,
-                    "model": model,
-                    "images": state.get("images", 0),
-                    "status": status,
-                    "duration_ms": round(seconds * 1000, 2),
-                },
-            )
 
 
 def _body_doc(json_model: type[Fields], form_model: type[Fields]) -> dict[str, Any]:
@@ -134,7 +84,6 @@ def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None
     app stays up, not ready, with the reason in `/readyz`.
     """
     metrics = Metrics(settings.max_batch_size)
-    api_key = settings.api_key.get_secret_value().encode() if settings.api_key else None
 
     async def load(service: Service) -> None:
         try:
@@ -174,48 +123,12 @@ def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None
         lifespan=lifespan,
     )
     app.add_middleware(RequestObserver, metrics=metrics)
-    bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer <SIMPOOL_API_KEY>` when set.")
-
-    async def require_key(creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
-        if api_key is None:
-            return
-        given = creds.credentials.encode() if creds is not None else b""
-        if creds is None or not hmac.compare_digest(given, api_key):
-            raise ServiceError(
-                401, "missing or wrong API key", "unauthorized", {"WWW-Authenticate": "Bearer"}
-            )
+    require_key = bearer_auth(settings.api_key.get_secret_value() if settings.api_key else None)
 
     def service_of(request: Request) -> Service:
         return request.app.state.service  # type: ignore[no-any-return]
 
-    # -- errors: always JSON {"detail": "..."} ----------------------------------------------------
-
-    @app.exception_handler(ServiceError)
-    async def on_service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        metrics.failures.labels(getattr(request.state, "model", ""), exc.reason).inc()
-        return JSONResponse({"detail": exc.detail}, status_code=exc.status, headers=exc.headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        metrics.failures.labels(getattr(request.state, "model", ""), "malformed").inc()
-        detail = "; ".join(
-            f"{'.'.join(str(p) for p in e.get('loc', ())) or 'request'}: {e.get('msg', 'invalid')}"
-            for e in exc.errors()
-        )
-        return JSONResponse({"detail": detail or "malformed request"}, status_code=422)
-
-    @app.exception_handler(ValidationError)
-    async def on_pydantic_error(request: Request, exc: ValidationError) -> JSONResponse:
-        return JSONResponse({"detail": describe(exc)}, status_code=422)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse({"detail": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
-
-    @app.exception_handler(Exception)
-    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.error("unhandled error", exc_info=exc)
-        return JSONResponse({"detail": "internal error; the details are in the server log"}, status_code=500)
+    install_error_handlers(app, metrics)
 
     # -- image endpoints -------------------------------------------------------------------------
 

@@ -78,6 +78,8 @@ def _load_and_warm(model: ServedModel, settings: Settings) -> OnnxRunner:
         spinning=settings.ort_spinning,
     )
     size = model.manifest.input_size
+    if runner.input_size is not None and runner.input_size != size:
+        raise ValueError(f"{model.path}: graph takes {runner.input_size}px images, manifest says {size}")
     for n in range(1, settings.max_batch_size + 1):
         runner.run(np.zeros((n, size, size, 3), dtype=np.uint8))
     return runner
