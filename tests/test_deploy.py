@@ -536,7 +536,7 @@ def test_compose_gpu_and_cpu_variants(compose: dict) -> None:
     assert "deploy" not in cpu, "the CPU variant must not ask for a GPU"
     for svc in (gpu, cpu):
         assert "simpool" in svc["networks"]["default"]["aliases"]
-        assert svc["ports"] == ["${SIMPOOL_PORT:-8000}:8000"]
+        assert svc["expose"] == ["8000"] and "ports" not in svc, "replicas are reached through the lb"
         assert svc["volumes"][0].endswith(":/models")
         assert svc["volumes"][0].split(":-")[1].split("}")[0] in compose["volumes"]
     assert any("SIMPOOL_MODEL_DIR=/models" in i.args for s in stages for i in s.all("ENV"))
@@ -568,12 +568,22 @@ def mounts(service: dict) -> dict[str, str]:
     return out
 
 
+def test_compose_load_balancer_wiring(compose: dict) -> None:
+    lb = compose["services"]["lb"]
+    assert lb["ports"] == ["${SIMPOOL_PORT:-8000}:8000"]
+    assert mounts(lb) == {"/etc/nginx/conf.d/default.conf": "./deploy/nginx/simpool.conf"}
+    conf = (REPO / "deploy" / "nginx" / "simpool.conf").read_text()
+    assert re.search(r"^\s*listen 8000;", conf, re.M)
+    assert "http://simpool:8000;" in conf  # the replicas' network alias and port
+    assert re.search(r"^resolver 127\.0\.0\.11\b", conf, re.M), "Docker's embedded DNS"
+
+
 def test_compose_monitoring_wiring(compose: dict) -> None:
     services = compose["services"]
     prom, graf = services["prometheus"], services["grafana"]
-    for svc in (prom, graf):
+    for svc in (prom, graf, services["lb"]):
         image, _, tag = svc["image"].rpartition(":")
-        assert image and re.fullmatch(r"v?\d+\.\d+\.\d+", tag), svc["image"]
+        assert image and re.fullmatch(r"v?\d+\.\d+\.\d+(-[a-z0-9.]+)?", tag), svc["image"]
         for src in mounts(svc).values():
             assert (REPO / src).exists(), f"{src} is mounted but does not exist"
     # Prometheus reads the repo's config and rules where compose mounts them.
