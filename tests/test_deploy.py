@@ -766,6 +766,10 @@ def test_runtime_wheel_serves_without_torch(model_repo: Path, tmp_path: Path) ->
         r = httpx.post(f"{url}/embed", json={"images": [image]}, timeout=30)
         assert r.status_code == 200, r.text
         assert len(r.json()["embeddings"][0]) == r.json()["dim"]
+        r = httpx.post(f"{url}/attention", params={"format": "png"}, json={"images": [image]}, timeout=30)
+        assert r.status_code == 200 and r.content.startswith(b"\x89PNG"), r.text[:300]
+        r = httpx.post(f"{url}/classify", json={"images": [image], "top_k": 2}, timeout=30)
+        assert r.status_code == 200 and len(r.json()["predictions"][0]) == 2, r.text
         assert "simpool_requests_total" in httpx.get(f"{url}/metrics", timeout=10).text
     finally:
         proc.terminate()
