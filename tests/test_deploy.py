@@ -658,11 +658,15 @@ def test_dashboard_has_the_panels_operators_need() -> None:
 
 def service_sample_names() -> set[str]:
     """Every sample name the service's metrics can expose (from its own metric definitions)."""
+    import inspect
+
     from simpool_serve.service.metrics import Metrics
 
+    # Its required arguments are sizes (max_batch_size today); any small number builds every family.
+    required = [n for n, p in inspect.signature(Metrics).parameters.items() if p.default is p.empty]
     suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"], "gauge": [""]}
     names = set()
-    for family in Metrics(max_batch_size=8).registry.collect():
+    for family in Metrics(**dict.fromkeys(required, 8)).registry.collect():
         names.update(family.name + s for s in suffixes.get(family.type, [""]))
     return names
 
