@@ -11,6 +11,7 @@ import base64
 import contextlib
 import copy
 import io
+import re
 import shutil
 import subprocess
 import time
@@ -41,10 +42,10 @@ pytestmark = pytest.mark.skipif(
 SCRAPE = "1s"  # the test's scrape and rule-evaluation interval (the repo's is 15s)
 
 
-def loopback_config(simpool: str, prometheus: str, tmp: Path) -> Path:
+def loopback_config(simpool: str, prometheus: str, tmp: Path, text: str | None = None) -> Path:
     """The repo's Prometheus config with only what must change on loopback rewritten: the scrape
     targets (Docker DNS discovery -> the test's server), intervals, and the rules file's path."""
-    cfg = load_yaml(PROMETHEUS_YML)
+    cfg = yaml.safe_load(text if text is not None else PROMETHEUS_YML.read_text())
     original = copy.deepcopy(cfg)
     cfg["global"]["scrape_interval"] = cfg["global"]["evaluation_interval"] = SCRAPE
     cfg["rule_files"] = [str(ALERTS_YML)]
@@ -234,6 +235,33 @@ def test_replica_down_alert_expression_sees_a_stopped_service(scraped: tuple[Ser
     server.proc.wait(timeout=60)
     (series,) = wait_for("the replica-down expression to fire", lambda: query(prom, expr), timeout=20)
     assert series["metric"]["instance"] == server.url.removeprefix("http://")
+
+
+def test_scraping_with_an_api_key_as_documented(model_repo: Path, tmp_path: Path) -> None:
+    """With SIMPOOL_API_KEY set, /metrics needs the key; the commented `authorization` block of the repo's
+    prometheus.yml, uncommented as the docs say, makes Prometheus send it."""
+    key = "k3y-for-the-scrape"
+    key_file = tmp_path / "simpool_api_key"
+    key_file.write_text(key + "\n")  # as `echo KEY > file` writes it
+    text = PROMETHEUS_YML.read_text()
+    block = re.search(r"^( *)# authorization:\n(?:\1#   .*\n)+", text, re.M)
+    assert block, "prometheus.yml has no commented authorization block"
+    indent = block.group(1)
+    uncommented = re.sub(rf"^{indent}# ", indent, block.group(0), flags=re.M)
+    uncommented = uncommented.replace("/etc/prometheus/simpool_api_key", str(key_file))
+    text = text.replace(block.group(0), uncommented)
+    env = {"SIMPOOL_API_KEY": key, "SIMPOOL_DEFAULT_MODEL": "resnet18"}
+    with start_server(model_repo, tmp_path, env) as server:
+        assert httpx.get(f"{server.url}/metrics", timeout=10).status_code == 401
+        port = free_port()
+        config = loopback_config(server.url.removeprefix("http://"), f"127.0.0.1:{port}", tmp_path, text)
+        job = next(
+            j for j in yaml.safe_load(config.read_text())["scrape_configs"] if j["job_name"] == "simpool"
+        )
+        assert job["authorization"] == {"type": "Bearer", "credentials_file": str(key_file)}
+        with run_prometheus(config, port, tmp_path) as prom:
+            wait_for("an authorised scrape (up == 1)", lambda: query(prom, 'up{job="simpool"} == 1'))
+            assert query(prom, 'simpool_ready{job="simpool"} == 1')
 
 
 @pytest.mark.skipif(PROMTOOL is None, reason="promtool comes with Debian's prometheus package")
