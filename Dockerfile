@@ -11,7 +11,7 @@
 
 # The current onnxruntime-gpu wheels on PyPI (1.31) link CUDA 13 and cuDNN 9: the base must match
 # (CUDA 13 needs host driver >= 580). For a CUDA 12 host, set CUDA_IMAGE to a 12.x cudnn-runtime tag
-# and ORT_GPU_VERSION to a release built for CUDA 12 (1.19 to 1.22).
+# and ORT_GPU_VERSION to a release built for CUDA 12 and cuDNN 9 (1.22.0, for example).
 ARG CUDA_IMAGE=nvidia/cuda:13.0.2-cudnn-runtime-ubuntu24.04
 ARG PYTHON_IMAGE=python:3.12.8-slim-bookworm
 ARG ORT_GPU_VERSION=1.31.1
@@ -62,14 +62,14 @@ RUN --mount=type=bind,from=checkpoints,target=/checkpoints \
 # CPU runtime: plain Python base with onnxruntime.
 FROM ${PYTHON_IMAGE} AS runtime-cpu
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
+RUN groupadd --system --gid 10001 simpool \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin simpool
 WORKDIR /opt/simpool
 COPY pyproject.toml deploy/pyproject_deps.py ./
 RUN python pyproject_deps.py pyproject.toml cpu > requirements.txt \
     && pip install -r requirements.txt
 COPY --from=wheel /dist/ /dist/
-RUN pip install --no-deps /dist/*.whl && rm -rf /dist \
-    && groupadd --system --gid 10001 simpool \
-    && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin simpool
+RUN pip install --no-deps /dist/*.whl && rm -rf /dist
 COPY --from=export /models /models
 ENV SIMPOOL_MODEL_DIR=/models SIMPOOL_HOST=0.0.0.0 SIMPOOL_PORT=8000 \
     SIMPOOL_PROVIDERS=CPUExecutionProvider
@@ -92,15 +92,15 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 python3-venv \
     && rm -rf /var/lib/apt/lists/* \
-    && python3 -m venv /opt/venv
+    && python3 -m venv /opt/venv \
+    && groupadd --system --gid 10001 simpool \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin simpool
 WORKDIR /opt/simpool
 COPY pyproject.toml deploy/pyproject_deps.py ./
 RUN python pyproject_deps.py pyproject.toml gpu > requirements.txt \
     && pip install -r requirements.txt "onnxruntime-gpu==${ORT_GPU_VERSION}"
 COPY --from=wheel /dist/ /dist/
-RUN pip install --no-deps /dist/*.whl && rm -rf /dist \
-    && groupadd --system --gid 10001 simpool \
-    && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin simpool
+RUN pip install --no-deps /dist/*.whl && rm -rf /dist
 COPY --from=export /models /models
 ENV SIMPOOL_MODEL_DIR=/models SIMPOOL_HOST=0.0.0.0 SIMPOOL_PORT=8000 \
     NVIDIA_VISIBLE_DEVICES=all NVIDIA_DRIVER_CAPABILITIES=compute,utility

@@ -297,6 +297,8 @@ def test_runtime_stages_run_the_service_as_a_non_root_user(dockerfile: tuple[dic
         user = stage.all("USER")[-1].args
         uid = user.split(":")[0]
         assert uid.isdigit() and int(uid) != 0, f"{name}: runs as {user}"
+        runs = " ".join(i.args for i in stage.all("RUN"))
+        assert f"useradd --system --uid {uid} " in runs, f"{name}: user {uid} is never created"
         assert kinds.index("USER") > max(i for i, k in enumerate(kinds) if k == "RUN"), (
             "USER before the last RUN"
         )
