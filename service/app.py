@@ -83,7 +83,7 @@ def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None
     `on_fatal` is called if loading fails (the CLI stops the server with exit code 1); without it the
     app stays up, not ready, with the reason in `/readyz`.
     """
-    metrics = Metrics(settings.max_batch_size)
+    metrics = Metrics(settings.max_batch_size or 32)
 
     async def load(service: Service) -> None:
         try:

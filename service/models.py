@@ -69,7 +69,7 @@ def default_model(models: dict[str, ServedModel], wanted: str | None) -> str:
     return sorted(models)[0]
 
 
-def _load_and_warm(model: ServedModel, settings: Settings) -> OnnxRunner:
+def _load_and_warm(model: ServedModel, settings: Settings) -> tuple[OnnxRunner, int]:
     """In the model's inference thread: create the session, then run every batch size it will see."""
     runner = OnnxRunner(
         model.path,
@@ -80,9 +80,10 @@ def _load_and_warm(model: ServedModel, settings: Settings) -> OnnxRunner:
     size = model.manifest.input_size
     if runner.input_size is not None and runner.input_size != size:
         raise ValueError(f"{model.path}: graph takes {runner.input_size}px images, manifest says {size}")
-    for n in range(1, settings.max_batch_size + 1):
+    max_batch = settings.resolved_max_batch_size(runner.provider)
+    for n in range(1, max_batch + 1):
         runner.run(np.zeros((n, size, size, 3), dtype=np.uint8))
-    return runner
+    return runner, max_batch
 
 
 async def load_all(models: dict[str, ServedModel], settings: Settings, metrics: Metrics) -> None:
@@ -90,13 +91,13 @@ async def load_all(models: dict[str, ServedModel], settings: Settings, metrics: 
     loop = asyncio.get_running_loop()
     for model in models.values():
         started = loop.time()
-        runner = await loop.run_in_executor(model.executor, _load_and_warm, model, settings)
+        runner, max_batch = await loop.run_in_executor(model.executor, _load_and_warm, model, settings)
         model.runner = runner
         model.batcher = Batcher(
             model.name,
             runner.run,
             model.executor,
-            max_batch_size=settings.max_batch_size,
+            max_batch_size=max_batch,
             max_delay_s=settings.max_batch_delay_ms / 1000.0,
             max_queue=settings.max_queue,
             metrics=metrics,
@@ -109,7 +110,7 @@ async def load_all(models: dict[str, ServedModel], settings: Settings, metrics: 
                 "model": model.name,
                 "provider": runner.provider,
                 "fingerprint": model.fingerprint,
-                "warmup_batch_sizes": settings.max_batch_size,
+                "max_batch_size": max_batch,
                 "seconds": round(loop.time() - started, 3),
             },
         )

@@ -44,7 +44,7 @@ class RequestObserver:
             self.metrics.requests.labels(endpoint, model, str(status)).inc()
             self.metrics.request_duration.labels(endpoint).observe(seconds)
             log.log(
-                logging.DEBUG if endpoint in _QUIET and status < 400 else logging.INFO,
+                logging.DEBUG if endpoint in _QUIET else logging.INFO,
                 "request",
                 extra={
                     "method": scope["method"],

@@ -36,7 +36,9 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535)
 
     # Batching and back-pressure.
-    max_batch_size: int = Field(8, ge=1, le=1024, description="Most images per executed batch.")
+    max_batch_size: int = Field(
+        0, ge=0, le=1024, description="Most images per executed batch; 0 = 4 on CPU, 32 on a GPU."
+    )
     max_batch_delay_ms: float = Field(
         5.0, ge=0, description="Longest an image waits for batch-mates while the model is busy."
     )
@@ -91,6 +93,12 @@ class Settings(BaseSettings):
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
+
+    def resolved_max_batch_size(self, provider: str) -> int:
+        """On CPU, batches barely raise throughput (measured: 2 cores, resnet50) but add latency."""
+        if self.max_batch_size:
+            return self.max_batch_size
+        return 4 if provider == "CPUExecutionProvider" else 32
 
     def resolved_intra_op_threads(self) -> int:
         return self.intra_op_threads or available_cores()

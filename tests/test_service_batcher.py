@@ -223,6 +223,9 @@ def test_readiness_follows_the_batchers(model_repo: Path) -> None:
         models = discover(model_repo)
         service = Service(settings, metrics, models, "resnet18")
         assert service.not_ready_reason() == "models are loading"
+        with pytest.raises(ServiceError) as exc:  # a request before the model is loaded
+            service.resolve("resnet18")
+        assert exc.value.status == 503 and "Retry-After" in exc.value.headers
         await load_all(models, settings, metrics)
         service.loaded = True
         assert service.not_ready_reason() is None

@@ -74,6 +74,10 @@ def test_settings_from_env_and_overrides(monkeypatch: pytest.MonkeyPatch) -> Non
     assert s.api_key is not None and s.api_key.get_secret_value() == "s3cret"
     assert "s3cret" not in repr(s)
     assert s.resolved_intra_op_threads() >= 1 and s.resolved_decode_workers() >= 1
+    assert s.resolved_max_batch_size("CUDAExecutionProvider") == 4  # set explicitly: as given
+    auto = Settings(max_batch_size=0)
+    assert auto.resolved_max_batch_size("CPUExecutionProvider") == 4
+    assert auto.resolved_max_batch_size("CUDAExecutionProvider") == 32
 
 
 def test_manifest_tolerates_extra_fields_and_rejects_missing(tmp_path: Path) -> None:
