@@ -447,31 +447,47 @@ def facebook_convnext_keys(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     return out
 
 
-def test_dino_convnext_layout(tmp_path: Path) -> None:
-    """The DINO ConvNeXt (Facebook key names, pool then the final norm); the paper's is convnext_small."""
+@pytest.mark.parametrize("kind", ["supervised", "dino"])
+def test_convnext_layouts(kind: str, tmp_path: Path) -> None:
+    """ConvNeXt pools, then applies its final norm; the paper's runs are convnext_small, tiny here.
+
+    Supervised: timm names, SimPool under head.global_pool.pool.*, norm head.norm, classifier head.fc.
+    DINO: the original (Facebook) key names, SimPool under simpool.*, final norm `norm`.
+    """
     torch.manual_seed(50)
-    bb = timm.create_model("convnext_tiny", num_classes=0, global_pool="")
+    # Supervised: a pooling head, as in the paper's timm (global_pool="" would make head.fc a 1x1 conv).
+    pool_type = "" if kind == "dino" else "avg"
+    bb = timm.create_model("convnext_tiny", num_classes=0 if kind == "dino" else 10, global_pool=pool_type)
     sd = perturbed(bb.state_dict(), 51)
     pool = simpool_weights(768, 52, beta=False)
-    fb = facebook_convnext_keys(sd)
-    assert "downsample_layers.1.1.weight" in fb and "stages.3.2.pwconv2.weight" in fb and "norm.weight" in fb
-    teacher = prefixed(
-        "module.", {**prefixed("backbone.", {**fb, **prefixed("simpool.", pool)}), **dino_head(768, 53)}
-    )
-    args = argparse.Namespace(arch="convnext_tiny", mode="simpool", gamma=2.0, patch_size=16)
-    path = tmp_path / "convnext_dino_simpool.pth"
-    torch.save({"teacher": teacher, "student": teacher, "args": args}, path)
+    path = tmp_path / f"convnext_{kind}_simpool.pth"
+    if kind == "dino":
+        fb = facebook_convnext_keys(sd)
+        assert (
+            "downsample_layers.1.1.weight" in fb and "stages.3.2.pwconv2.weight" in fb and "norm.weight" in fb
+        )
+        backbone = prefixed("backbone.", {**fb, **prefixed("simpool.", pool)})
+        teacher = prefixed("module.", {**backbone, **dino_head(768, 53)})
+        args = argparse.Namespace(arch="convnext_tiny", mode="simpool", gamma=2.0, patch_size=16)
+        torch.save({"teacher": teacher, "student": teacher, "args": args}, path)
+    else:
+        state = {**sd, **prefixed("head.global_pool.pool.", pool)}
+        args = argparse.Namespace(model="convnext_tiny", gp="simpool", gamma=2.0)
+        torch.save({"state_dict": state, "state_dict_ema": state, "args": args}, path)
 
     imported = import_checkpoint(load_file(path))
     model = build_model(resolve_config(imported))
     load_weights(model, imported)
-    assert model.placement == "pool_then_norm" and model.head is None
+    assert model.placement == "pool_then_norm" and model.num_classes == (0 if kind == "dino" else 10)
     x = torch.randn(2, 3, 128, 128, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     bb.load_state_dict(sd)
     with torch.no_grad():
         feats = bb.double().eval().forward_features(x).numpy()
-        emb, attn, _ = model.double()(x)
+        emb, attn, logits = model.double()(x)
     ref, ref_attn = simpool_reference(feats, _np(pool), 2.0)
     ref = layer_norm(ref, sd["head.norm.weight"].double().numpy(), sd["head.norm.bias"].double().numpy())
     assert rel_err(emb.numpy(), ref) < 1e-10
     assert rel_err(attn.reshape(2, -1).numpy(), ref_attn) < 1e-10
+    if kind == "supervised":
+        ref_logits = ref @ sd["head.fc.weight"].double().numpy().T + sd["head.fc.bias"].double().numpy()
+        assert rel_err(logits.numpy(), ref_logits) < 1e-10
