@@ -80,7 +80,7 @@ def _answer(outcome: Outcome, **fields: Any) -> dict[str, Any]:
 def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None) -> FastAPI:
     """Builds the app; models load in the background after start-up (`/readyz` says when they are ready).
 
-    `on_fatal` is called if loading fails (the CLI stops the server with exit code 1); without it the
+    `on_fatal` is called if loading fails (the CLI stops the server with exit code 3); without it the
     app stays up, not ready, with the reason in `/readyz`.
     """
     metrics = Metrics(settings.max_batch_size or 32)
@@ -185,11 +185,9 @@ def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None
         outcome = await service.process(request, AttentionFields, overlay=png)
         start = time.perf_counter()
         if png:
-            result = outcome.results[0]
-            if result is None or outcome.overlay is None:  # on_error=skip with a bad image
-                raise ServiceError(400, f"image 0: {outcome.errors[0][1]}", "bad_image")
+            result, ov = outcome.results[0], outcome.overlay
+            assert result is not None and ov is not None  # a bad image failed the request already
             loop = asyncio.get_running_loop()
-            ov = outcome.overlay
             body = await loop.run_in_executor(
                 service.decode_pool, encoding.attention_png, ov.original, ov.geometry, result["attention"]
             )
@@ -245,6 +243,7 @@ def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None
                 "name": m.name,
                 "default": m.name == service.default,
                 "provider": m.runner.provider if m.runner else None,
+                "max_batch_size": m.batcher.max_batch_size if m.batcher else None,
                 "fingerprint": m.fingerprint,
             }
             for m in service.models.values()

@@ -160,7 +160,7 @@ class Service:
         except BaseException:
             batcher.release(n)
             raise
-        if errors and parsed.fields.on_error == "fail":
+        if errors and (parsed.fields.on_error == "fail" or overlay):  # a PNG needs its one image
             batcher.release(n)
             index, exc = errors[0]
             raise ServiceError(exc.status, f"image {index}: {exc}", _reason(exc))

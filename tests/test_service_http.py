@@ -49,6 +49,7 @@ def test_probes_models_and_docs(server: Server, model_repo: Path) -> None:
             assert m["fingerprint"] == fingerprint(manifest)
             assert m["provider"] == "CPUExecutionProvider"
             assert m["default"] is (name == "resnet18")
+            assert m["max_batch_size"] == 4  # the CPU default
             assert m["embedding_dim"] == manifest.embedding_dim and m["labels"] == manifest.labels
         spec = c.get("/openapi.json").json()
         for path in ("/embed", "/attention", "/classify"):
@@ -107,6 +108,7 @@ def test_attention_json_and_png(server: Server, model_repo: Path, photos: dict[s
         answer = c.post("/attention", json={"images": [b64(path), b64(path)], "model": "vit_tiny"}).json()
         png = c.post("/attention?format=png", files={"images": path.read_bytes()})
         too_many = c.post("/attention?format=png", files=[("images", path.read_bytes())] * 2)
+        bad = c.post("/attention?format=png", files={"images": b"junk"}, data={"on_error": "skip"})
     grid = load_manifest(model_repo / "vit_tiny" / "manifest.json").grid
     assert answer["grid"] == list(grid)
     maps = np.array(answer["attention"])
@@ -116,6 +118,7 @@ def test_attention_json_and_png(server: Server, model_repo: Path, photos: dict[s
     assert png.status_code == 200 and png.headers["content-type"] == "image/png"
     assert Image.open(io.BytesIO(png.content)).size == Image.open(path).size
     assert too_many.status_code == 422
+    assert bad.status_code == 400 and bad.json()["detail"].startswith("image 0:")  # no PNG without its image
 
 
 def test_classify(server: Server, model_repo: Path, photos: dict[str, Path]) -> None:
