@@ -55,6 +55,10 @@ def _strip(sd: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     return {k[len(prefix) :] if k.startswith(prefix) else k: v for k, v in sd.items()}
 
 
+def prefixed_keys(prefix: str, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {prefix + k: v for k, v in sd.items()}
+
+
 def _tensors_only(obj: Any, where: str) -> dict[str, torch.Tensor]:
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{where} is not a state dict of tensors")
@@ -116,8 +120,6 @@ def import_checkpoint(ckpt: Any, key: str | None = None) -> ImportedCheckpoint:
         arch = _dino_arch(str(args["arch"]), args.get("patch_size")) if "arch" in args else None
         out = ImportedCheckpoint(sd, "dino", arch=arch, gamma=gamma, num_classes=0)
         out.notes.append(f"DINO {which}: ignored {dropped} keys outside the backbone (projection head)")
-        if arch is not None and arch.startswith("vit"):
-            out.placement = "pool_then_norm"
         return out
 
     meta = ckpt.get("__metadata__") or {}
@@ -147,6 +149,14 @@ def import_checkpoint(ckpt: Any, key: str | None = None) -> ImportedCheckpoint:
             out.gamma = cfg["gamma"]
         out.placement = cfg.get("placement")
         out.image_size = cfg.get("image_size")
+        return out
+
+    if any(k.startswith(("simpool.", "backbone.simpool.")) for k in raw):  # a bare DINO backbone
+        bare = raw if any(k.startswith("backbone.") for k in raw) else prefixed_keys("backbone.", raw)
+        sd, dropped = _map_dino(bare)
+        out = ImportedCheckpoint(sd, "dino", gamma=gamma, num_classes=0)
+        if dropped:
+            out.notes.append(f"ignored {dropped} keys outside the backbone (DINO projection head)")
         return out
 
     if not any(k.startswith(SUPERVISED_POOL_PREFIXES) for k in raw):
@@ -250,6 +260,15 @@ def save_checkpoint(model: SimPoolModel, path: Path) -> None:
         torch.save({"state_dict": sd, "simpool_config": config}, str(path))
 
 
+def _placement(ck: ImportedCheckpoint | None, family: str) -> Placement | None:
+    """DINO ViTs pool the raw tokens and normalise after; everything else keeps its family's default."""
+    if ck is None:
+        return None
+    if ck.placement is not None:
+        return ck.placement
+    return "pool_then_norm" if ck.format == "dino" and family == "vit" else None
+
+
 def resolve_config(
     imported: ImportedCheckpoint | None,
     arch: str | None = None,
@@ -274,6 +293,6 @@ def resolve_config(
         num_classes=int(num_classes),
         gamma=None if gamma is None else float(gamma),
         use_beta=use_beta,
-        placement=ck.placement if ck else None,
+        placement=_placement(ck, family),
         image_size=int(image_size or (ck.image_size if ck and ck.image_size else 224)),
     )

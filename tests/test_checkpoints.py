@@ -491,3 +491,17 @@ def test_convnext_layouts(kind: str, tmp_path: Path) -> None:
     if kind == "supervised":
         ref_logits = ref @ sd["head.fc.weight"].double().numpy().T + sd["head.fc.bias"].double().numpy()
         assert rel_err(logits.numpy(), ref_logits) < 1e-10
+
+
+def test_bare_dino_backbone_state_dict(layouts: dict[str, Layout], tmp_path: Path) -> None:
+    """A teacher backbone saved on its own (no `backbone.` prefix, no args) needs --arch; still DINO."""
+    full = load_file(layouts["dino_vit_small"].path)
+    bare = {k[len("backbone.") :]: v for k, v in full["teacher"].items() if k.startswith("backbone.")}
+    torch.save(bare, tmp_path / "vits_dino_backbone.pth")
+    imported = import_checkpoint(load_file(tmp_path / "vits_dino_backbone.pth"))
+    assert imported.format == "dino" and imported.arch is None
+    config = resolve_config(imported, arch="vit_small_patch16_224", gamma=1.25)
+    assert config.placement == "pool_then_norm" and config.use_beta and config.num_classes == 0
+    reference = import_checkpoint(full)
+    assert set(imported.state_dict) == set(reference.state_dict)
+    assert all(torch.equal(v, reference.state_dict[k]) for k, v in imported.state_dict.items())
