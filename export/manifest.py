@@ -80,7 +80,17 @@ def build_manifest(
         "parity": {k: float(v) for k, v in parity.items()},
         "created_at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
         "exporter_version": __version__,
+        "toolchain": toolchain(),
     }
+
+
+def toolchain() -> dict[str, str]:
+    """Versions that shaped the graph, for reproducing an export."""
+    import onnx
+    import timm
+    import torch
+
+    return {"torch": torch.__version__, "timm": timm.__version__, "onnx": onnx.__version__}
 
 
 def write_manifest(manifest: dict[str, object], path: Path) -> None:
