@@ -6,6 +6,8 @@ import base64
 import io
 import json
 import struct
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -365,3 +367,19 @@ def test_attention_png_overlays_the_centre_crop() -> None:
     centre = out[200, 300]
     corner = out[top + 5, left + 5]
     assert centre[0] > corner[0] and corner[2] > centre[2]
+
+
+def test_service_never_imports_torch_or_timm() -> None:
+    """The runtime must install and run without the export stack."""
+    code = (
+        "import sys\n"
+        "from simpool_serve.service.app import create_app\n"
+        "from simpool_serve.service.cli import main\n"
+        "from simpool_serve.service.settings import Settings\n"
+        "create_app(Settings())\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'timm', 'torchvision')))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert out.stdout.strip() == "[]"
