@@ -52,8 +52,12 @@ class OnnxRunner:
         active = self.session.get_providers()
         self.provider: str = active[0]
         if self.provider != wanted[0]:
-            # onnxruntime may drop a provider it failed to initialise; say so loudly, never silently.
-            log.warning("model %s asked for %s but runs on %s", model_path, wanted[0], self.provider)
+            # onnxruntime drops a provider it fails to initialise (no GPU, driver mismatch): refuse that
+            # when the provider was asked for explicitly, and say so loudly when it was our own choice.
+            message = f"{model_path}: {wanted[0]} failed to start, onnxruntime fell back to {self.provider}"
+            if providers:
+                raise ProviderError(message)
+            log.warning(message)
         inputs = self.session.get_inputs()
         if [i.name for i in inputs] != ["images"]:
             raise ValueError(f"{model_path}: one input named images expected, not {[i.name for i in inputs]}")
