@@ -121,11 +121,16 @@ class Service:
         self.metrics.stage_duration.labels(model, "decode").observe(time.perf_counter() - start)
         return pixels
 
-    def _decode_overlay(self, payload: bytes | str, manifest: Manifest) -> tuple[np.ndarray, Overlay]:
+    def _decode_overlay(
+        self, payload: bytes | str, manifest: Manifest, model: str
+    ) -> tuple[np.ndarray, Overlay]:
+        """Decode stage for the PNG answer: it also keeps the upright original (no draft decoding)."""
+        start = time.perf_counter()
         data = payload_bytes(payload, self.settings.max_image_bytes)
         original = load_original(data, self.settings.max_image_pixels)
         size = original.size
         pixels = prepare(original, size, (0.0, 0.0, float(size[0]), float(size[1])), manifest)
+        self.metrics.stage_duration.labels(model, "decode").observe(time.perf_counter() - start)
         return pixels, Overlay(original, geometry(size[0], size[1], manifest))
 
     async def process(
@@ -156,7 +161,13 @@ class Service:
             raise ServiceError(413, f"{n} images exceed the queue of {batcher.max_queue}", "too_many_images")
         batcher.reserve(n)
         try:
-            pixels, errors, extra = await self._decode_all(parsed, model, overlay)
+            # Past the deadline, images not yet decoding are cancelled (a running decode finishes alone).
+            pixels, errors, extra = await asyncio.wait_for(
+                self._decode_all(parsed, model, overlay), timeout=max(0.0, deadline - loop.time())
+            )
+        except TimeoutError:
+            batcher.release(n)
+            raise ServiceError(504, "request deadline passed while decoding", "timeout") from None
         except BaseException:
             batcher.release(n)
             raise
@@ -166,9 +177,6 @@ class Service:
             raise ServiceError(exc.status, f"image {index}: {exc}", _reason(exc))
         for _, exc in errors:
             self.metrics.failures.labels(model.name, _reason(exc)).inc()
-        if loop.time() > deadline:
-            batcher.release(n)
-            raise ServiceError(504, "request deadline passed while decoding", "timeout")
         job = batcher.submit(pixels)
         results = await self._wait(request, job, model, deadline)
         self.metrics.images.labels(model.name).inc(n - len(errors))
@@ -181,7 +189,7 @@ class Service:
         if overlay:
             try:
                 pix, extra = await loop.run_in_executor(
-                    self.decode_pool, self._decode_overlay, parsed.images[0], model.manifest
+                    self.decode_pool, self._decode_overlay, parsed.images[0], model.manifest, model.name
                 )
                 return [pix], [], extra
             except ImageError as exc:
