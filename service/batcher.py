@@ -199,6 +199,7 @@ class Batcher:
             for item in items:
                 if not item.job.future.done():
                     item.job.future.set_exception(error)
+                    self.cancel(item.job)  # its other images need not run
             return
         self._inference.observe(seconds)
         self._stage_inference.observe(seconds)
