@@ -12,7 +12,7 @@ import numpy as np
 from simpool_serve.service.batcher import Batcher
 from simpool_serve.service.manifest import Manifest, ManifestError, fingerprint, load_manifest
 from simpool_serve.service.metrics import Metrics
-from simpool_serve.service.runner import OnnxRunner
+from simpool_serve.service.runner import CPU, OnnxRunner, choose_providers
 from simpool_serve.service.settings import Settings
 
 log = logging.getLogger("simpool_serve.models")
@@ -69,12 +69,17 @@ def default_model(models: dict[str, ServedModel], wanted: str | None) -> str:
     return sorted(models)[0]
 
 
+def uses_gpu(settings: Settings) -> bool:
+    """Whether the first provider the models will ask for is an accelerator (sizes the thread pools)."""
+    return choose_providers(settings.providers)[0] != CPU
+
+
 def _load_and_warm(model: ServedModel, settings: Settings) -> tuple[OnnxRunner, int]:
     """In the model's inference thread: create the session, then run every batch size it will see."""
     runner = OnnxRunner(
         model.path,
         settings.providers,
-        settings.resolved_intra_op_threads(),
+        settings.resolved_intra_op_threads(gpu=uses_gpu(settings)),
         spinning=settings.ort_spinning,
     )
     size = model.manifest.input_size

@@ -21,7 +21,7 @@ from simpool_serve.service.batcher import Job, Outputs
 from simpool_serve.service.errors import ServiceError, unavailable
 from simpool_serve.service.manifest import Manifest
 from simpool_serve.service.metrics import Metrics
-from simpool_serve.service.models import ServedModel
+from simpool_serve.service.models import ServedModel, uses_gpu
 from simpool_serve.service.parsing import Fields, Limits, Parsed, parse_request
 from simpool_serve.service.preprocess import (
     Geometry,
@@ -32,7 +32,7 @@ from simpool_serve.service.preprocess import (
     load_original,
     prepare,
 )
-from simpool_serve.service.settings import Settings
+from simpool_serve.service.settings import Settings, available_cores
 from starlette.requests import Request
 
 log = logging.getLogger("simpool_serve.pipeline")
@@ -88,7 +88,18 @@ class Service:
         self.metrics = metrics
         self.models = models
         self.default = default
-        self.decode_pool = ThreadPoolExecutor(settings.resolved_decode_workers(), thread_name_prefix="decode")
+        gpu = uses_gpu(settings)
+        workers = settings.resolved_decode_workers(gpu=gpu)
+        self.decode_pool = ThreadPoolExecutor(workers, thread_name_prefix="decode")
+        log.info(
+            "thread budget",
+            extra={
+                "cores": available_cores(),
+                "decode_workers": workers,
+                "intra_op_threads_per_model": settings.resolved_intra_op_threads(gpu=gpu),
+                "inference_threads": len(models),
+            },
+        )
         self.limits = Limits(settings.max_request_bytes, settings.max_images_per_request)
         self.loaded = False
         self.load_error: str | None = None

@@ -60,10 +60,10 @@ class Settings(BaseSettings):
         description="ONNX Runtime providers, comma-separated; default: CUDA if available, else CPU.",
     )
     intra_op_threads: int = Field(
-        0, ge=0, description="ONNX Runtime intra-op threads per model; 0 = all cores."
+        0, ge=0, description="ONNX Runtime intra-op threads per model; 0 = auto (see docs/service.md)."
     )
     decode_workers: int = Field(
-        0, ge=0, description="Threads decoding images; 0 = half the cores, at least 1."
+        0, ge=0, description="Threads decoding images; 0 = auto (see docs/service.md)."
     )
     ort_spinning: bool = Field(
         False, description="Let ONNX Runtime threads spin between batches (burns cores decoding needs)."
@@ -100,8 +100,19 @@ class Settings(BaseSettings):
             return self.max_batch_size
         return 4 if provider == "CPUExecutionProvider" else 32
 
-    def resolved_intra_op_threads(self) -> int:
-        return self.intra_op_threads or available_cores()
+    def resolved_decode_workers(self, gpu: bool = False) -> int:
+        """With a GPU, decoding is the CPU's main job; on CPU it takes a quarter of the cores (≥ 1)."""
+        if self.decode_workers:
+            return self.decode_workers
+        cores = available_cores()
+        return max(1, cores - 1) if gpu else max(1, cores // 4)
 
-    def resolved_decode_workers(self) -> int:
-        return self.decode_workers or max(1, available_cores() // 2)
+    def resolved_intra_op_threads(self, gpu: bool = False) -> int:
+        """On CPU, inference gets the cores decoding does not (all of them on ≤ 2 cores: decoding is
+        brief and ONNX Runtime's threads do not spin, so sharing beats halving inference)."""
+        if self.intra_op_threads:
+            return self.intra_op_threads
+        if gpu:
+            return 1
+        cores = available_cores()
+        return cores if cores <= 2 else max(1, cores - self.resolved_decode_workers())

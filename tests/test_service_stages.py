@@ -80,6 +80,11 @@ def test_settings_from_env_and_overrides(monkeypatch: pytest.MonkeyPatch) -> Non
     auto = Settings(max_batch_size=0)
     assert auto.resolved_max_batch_size("CPUExecutionProvider") == 4
     assert auto.resolved_max_batch_size("CUDAExecutionProvider") == 32
+    pinned = Settings(decode_workers=3, intra_op_threads=5)
+    for gpu in (False, True):
+        assert (pinned.resolved_decode_workers(gpu), pinned.resolved_intra_op_threads(gpu)) == (3, 5)
+    cores = available_cores()  # the automatic CPU budget never asks for more cores than there are (> 2)
+    assert auto.resolved_decode_workers() + auto.resolved_intra_op_threads() <= max(cores, 3)
 
 
 def test_manifest_tolerates_extra_fields_and_rejects_missing(tmp_path: Path) -> None:
