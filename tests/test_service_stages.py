@@ -28,7 +28,7 @@ from simpool_serve.service.preprocess import (
     load,
     load_original,
 )
-from simpool_serve.service.settings import Settings
+from simpool_serve.service.settings import Settings, available_cores
 
 MANIFEST = {
     "name": "m",
