@@ -56,7 +56,8 @@ def simpool_weights(dim: int, seed: int, beta: bool) -> dict[str, torch.Tensor]:
     sd = {
         "norm_patches.weight": 1.0 + 0.1 * torch.randn(dim, generator=g),
         "norm_patches.bias": 0.1 * torch.randn(dim, generator=g),
-        "wq.weight": torch.randn(dim, dim, generator=g) * dim**-0.5,
+        # A sharper query than a default init: attention peaks (max ≈ 0.3..0.6) as in trained models.
+        "wq.weight": torch.randn(dim, dim, generator=g) * 5.0 * dim**-0.5,
         "wk.weight": torch.randn(dim, dim, generator=g) * dim**-0.5,
     }
     if beta:
@@ -161,8 +162,11 @@ def build_supervised_vit_small(root: Path) -> Layout:
 
 def build_dino_resnet50(root: Path) -> Layout:
     torch.manual_seed(30)
-    tv = torchvision.models.resnet50()
+    tv = torchvision.models.resnet50(zero_init_residual=True)
     sd = {k: v for k, v in perturbed(tv.state_dict(), 31).items() if not k.startswith("fc.")}
+    for k in sd:  # residual branches on, at a trained network's scale (features up to ~5)
+        if k.endswith("bn3.weight"):
+            sd[k] = sd[k] + 0.5
     pool = simpool_weights(2048, 32, beta=False)
     # ResNet has BatchNorm, so DINO wraps teacher and student in DDP: both carry `module.`.
     teacher = prefixed(
