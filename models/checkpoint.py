@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import timm
 import torch
 from simpool_serve.models.model import DEFAULT_GAMMA, ModelConfig, Placement, SimPoolModel, family_of
 from simpool_serve.models.safe_load import CheckpointError
@@ -165,7 +166,9 @@ def import_checkpoint(ckpt: Any, key: str | None = None) -> ImportedCheckpoint:
             "head.global_pool.pool.* (supervised), simpool.* (DINO) or pool.* (simpool-serve)"
         )
     sd = _map_timm(raw)
-    arch = args.get("model") or (ckpt.get("arch") if isinstance(ckpt.get("arch"), str) else None)
+    # timm's saver stores `arch` as args.model, or as the model's class name when it has no args.
+    top = ckpt.get("arch")
+    arch = args.get("model") or (top if isinstance(top, str) and timm.models.is_model(top) else None)
     classes = int(sd["head.weight"].shape[0]) if "head.weight" in sd else 0
     out = ImportedCheckpoint(sd, "timm", arch=arch, gamma=gamma, num_classes=classes)
     if key == "state_dict_ema":
