@@ -509,3 +509,14 @@ def test_bare_dino_backbone_state_dict(layouts: dict[str, Layout], tmp_path: Pat
     reference = import_checkpoint(full)
     assert set(imported.state_dict) == set(reference.state_dict)
     assert all(torch.equal(v, reference.state_dict[k]) for k, v in imported.state_dict.items())
+
+
+def test_vit_checkpoint_at_another_image_size(layouts: dict[str, Layout]) -> None:
+    """--image-size 160 on a 224 checkpoint: position embeddings resampled to the 10x10 grid."""
+    imported = import_checkpoint(load_file(layouts["supervised_vit_small"].path))
+    model = build_model(resolve_config(imported, image_size=160))
+    notes = load_weights(model, imported)
+    assert any("resampled pos_embed to the 10x10 grid" in n for n in notes)
+    with torch.no_grad():
+        emb, attn, logits = model(torch.randn(2, 3, 160, 160))
+    assert emb.shape == (2, 384) and attn.shape == (2, 10, 10) and logits.shape == (2, 1000)
