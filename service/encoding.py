@@ -20,6 +20,22 @@ def json_bytes(payload: dict[str, Any]) -> bytes:
     return json.dumps(payload, separators=(",", ":"), allow_nan=False).encode()
 
 
+# Decimal digits kept below the magnitude of each vector's largest component: an error under 5e-9 of
+# it, below float32's resolution there (6e-8); the JSON gets ~40% smaller and faster to write and read.
+_DIGITS = 9
+
+
+def compact_rows(rows: np.ndarray) -> list[list[Any]]:
+    """Rows as nested lists of Python floats, rounded to `_DIGITS` digits of each row's scale."""
+    flat = rows.reshape(len(rows), -1).astype(np.float64)
+    peak = np.abs(flat).max(axis=1, initial=0.0)
+    out = []
+    for row, full, top in zip(rows, flat, peak, strict=True):
+        decimals = _DIGITS - int(np.ceil(np.log10(top))) if top > 0 and np.isfinite(top) else _DIGITS
+        out.append(np.round(full, decimals).reshape(row.shape).tolist())
+    return out
+
+
 def _stacked(results: list[Outputs | None], name: str) -> tuple[list[int], np.ndarray | None]:
     present = [i for i, r in enumerate(results) if r is not None]
     if not present:
@@ -42,7 +58,7 @@ def embeddings(results: list[Outputs | None], normalize: bool, encoding: str) ->
         for i, row in zip(present, little, strict=True):
             out[i] = base64.b64encode(row.tobytes()).decode("ascii")
     else:
-        for i, row in zip(present, vecs.tolist(), strict=True):
+        for i, row in zip(present, compact_rows(vecs), strict=True):
             out[i] = row
     return out
 
@@ -52,7 +68,7 @@ def attention_maps(results: list[Outputs | None]) -> list[Any]:
     out: list[Any] = [None] * len(results)
     present, maps = _stacked(results, "attention")
     if maps is not None:
-        for i, m in zip(present, maps.tolist(), strict=True):
+        for i, m in zip(present, compact_rows(maps), strict=True):
             out[i] = m
     return out
 
