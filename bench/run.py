@@ -151,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-sizes", default="1,2,4,8,16,32")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="intra-op threads, both sides")
     p.add_argument("--json", type=Path, help="also write the figures here")
+    p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="extra service setting")
     args = p.parse_args(argv)
     if shutil.which("hey") is None:
         raise SystemExit("bench needs `hey` (Debian: apt-get install hey)")
@@ -169,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         "SIMPOOL_PROVIDERS": "CPUExecutionProvider",
         "SIMPOOL_INTRA_OP_THREADS": str(args.threads),
         "SIMPOOL_MAX_QUEUE": "1024",
+        **dict(kv.split("=", 1) for kv in args.env),
     }
     rows = []
     with serve(args.model_dir, env, tmp / "serve.log") as url:
