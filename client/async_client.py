@@ -9,6 +9,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 import httpx
+
 from simpool_serve.client.inputs import ImageInput
 from simpool_serve.client.protocol import OnError, Operation, Protocol, Request, headers
 from simpool_serve.client.results import AttentionResult, ClassifyResult, EmbedResult, ModelInfo

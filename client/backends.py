@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+
 from simpool_serve.client.async_client import AsyncSimPoolClient
 from simpool_serve.client.errors import APIError, SimPoolError
 from simpool_serve.client.retry import RetryPolicy

@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
+from tqdm import tqdm
+
 from simpool_serve.client import store
 from simpool_serve.client.backends import Backend, FatalError, HttpBackend, LocalBackend, default_url
 from simpool_serve.client.walk import find_images, sha256_bytes, sha256_file
-from tqdm import tqdm
 
 PROG = "simpool-embed"
 

@@ -14,6 +14,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 import httpx
 import numpy as np
+
 from simpool_serve.client.errors import ResponseFormatError, SimPoolError
 from simpool_serve.client.inputs import ImageInput, size_hint, to_base64
 from simpool_serve.client.results import (

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 
 import httpx
+
 from simpool_serve.client.errors import SimPoolConnectionError, error_for
 
 # Transport failures that mean "the request never reached a worker": safe to repeat.

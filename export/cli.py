@@ -84,6 +84,7 @@ def _load(args: argparse.Namespace) -> tuple[ImportedCheckpoint | None, str | No
 def run(args: argparse.Namespace) -> int:
     import onnx
     import torch
+
     from simpool_serve.export.graph import ServingGraph, export_onnx
     from simpool_serve.export.manifest import ManifestInputs, build_manifest, write_manifest
     from simpool_serve.export.parity import FP16_TOLERANCE, FP32_TOLERANCE, check_parity

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import onnx
 import torch
-from simpool_serve.models.model import SimPoolModel
 from torch import nn
+
+from simpool_serve.models.model import SimPoolModel
 
 INPUT_NAME = "images"
 OUTPUT_NAMES_ALL = ("embedding", "attention", "logits")

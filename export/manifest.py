@@ -8,9 +8,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from simpool_serve.export.preprocess import Preprocessing
-
 from simpool_serve import __version__
+from simpool_serve.export.preprocess import Preprocessing
 
 
 def sha256_file(path: Path) -> str:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
+
 from simpool_serve.export.graph import INPUT_NAME, ServingGraph
 
 FP32_TOLERANCE = 1e-4

@@ -22,6 +22,7 @@ from typing import Any
 
 import timm
 import torch
+
 from simpool_serve.models.model import DEFAULT_GAMMA, ModelConfig, Placement, SimPoolModel, family_of
 from simpool_serve.models.safe_load import CheckpointError
 

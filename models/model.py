@@ -19,12 +19,13 @@ from typing import Literal
 
 import timm
 import torch
-from simpool_serve.models.simpool import SimPool
 from timm.models.convnext import ConvNeXt
 from timm.models.resnet import ResNet
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 from torch.nn import functional as F
+
+from simpool_serve.models.simpool import SimPool
 
 Family = Literal["resnet", "convnext", "vit"]
 Placement = Literal["map", "norm_then_pool", "pool_then_norm"]

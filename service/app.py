@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
 from simpool_serve.service import encoding
 from simpool_serve.service.auth import bearer_auth
 from simpool_serve.service.errors import ServiceError

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
 from simpool_serve.service.errors import ServiceError
 
 

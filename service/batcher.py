@@ -18,6 +18,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from simpool_serve.service.errors import INFERENCE_FAILED, ServiceError, unavailable
 from simpool_serve.service.metrics import Metrics
 

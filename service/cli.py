@@ -14,6 +14,7 @@ from types import FrameType
 
 import uvicorn
 from pydantic import ValidationError
+
 from simpool_serve.service import logs
 from simpool_serve.service.app import create_app
 from simpool_serve.service.settings import Settings

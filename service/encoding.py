@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+
 from simpool_serve.service.manifest import Manifest
 from simpool_serve.service.preprocess import Geometry
 

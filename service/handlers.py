@@ -6,10 +6,11 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
 from simpool_serve.service.errors import ServiceError
 from simpool_serve.service.metrics import Metrics
 from simpool_serve.service.parsing import describe
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger("simpool_serve.app")
 

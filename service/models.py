@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
 from simpool_serve.service.batcher import Batcher
 from simpool_serve.service.manifest import Manifest, ManifestError, fingerprint, load_manifest
 from simpool_serve.service.metrics import Metrics

@@ -4,8 +4,9 @@ import logging
 import time
 from typing import Any
 
-from simpool_serve.service.metrics import Metrics
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from simpool_serve.service.metrics import Metrics
 
 log = logging.getLogger("simpool_serve.app")
 

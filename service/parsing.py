@@ -10,8 +10,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from python_multipart.multipart import MultipartParser, parse_options_header
-from simpool_serve.service.errors import ServiceError
 from starlette.requests import ClientDisconnect, Request
+
+from simpool_serve.service.errors import ServiceError
 
 OnError = Literal["fail", "skip"]
 

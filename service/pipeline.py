@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+from starlette.requests import Request
+
 from simpool_serve.service.batcher import Job, Outputs
 from simpool_serve.service.errors import ServiceError, unavailable
 from simpool_serve.service.manifest import Manifest
@@ -33,7 +35,6 @@ from simpool_serve.service.preprocess import (
     prepare,
 )
 from simpool_serve.service.settings import Settings, available_cores
-from starlette.requests import Request
 
 log = logging.getLogger("simpool_serve.pipeline")
 

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from conftest import Server, cosine, start_server
 from PIL import Image
+
 from simpool_serve.client import (
     AsyncSimPoolClient,
     AuthenticationError,

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 from conftest import Server, cosine, free_port
+from loopback_proxy import ProxyScript, loopback_proxy
+
 from simpool_serve.client import (
     AsyncSimPoolClient,
     RetryPolicy,
@@ -16,7 +18,6 @@ from simpool_serve.client import (
     SimPoolConnectionError,
 )
 from simpool_serve.client.retry import parse_retry_after
-from test_client_proxy import ProxyScript, loopback_proxy
 
 
 def test_retries_503_then_succeeds(server: Server, photos: dict[str, Path]) -> None:

@@ -14,10 +14,11 @@ import pytest
 import torch
 from conftest import run_export
 from PIL import Image
+from test_simpool_head import rel_err
+
 from simpool_serve.export.graph import ServingGraph
 from simpool_serve.export.parity import check_parity
 from simpool_serve.models.model import ModelConfig, build_model
-from test_simpool_head import rel_err
 
 MANIFEST_TYPES: dict[str, type | tuple[type, ...]] = {
     "name": str,

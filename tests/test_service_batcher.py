@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from conftest import cosine
 from PIL import Image
+
 from simpool_serve.service.batcher import Batcher
 from simpool_serve.service.errors import ServiceError
 from simpool_serve.service.manifest import Manifest, load_manifest

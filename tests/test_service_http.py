@@ -15,10 +15,11 @@ import pytest
 from conftest import Server
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
+from test_service_stages import png_bomb
+
 from simpool_serve.service.manifest import fingerprint, load_manifest
 from simpool_serve.service.preprocess import decode_image
 from simpool_serve.service.runner import OnnxRunner
-from test_service_stages import png_bomb
 
 
 def b64(path: Path) -> str:

@@ -15,6 +15,7 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
+
 from simpool_serve.service.encoding import attention_png, embeddings, predictions
 from simpool_serve.service.errors import ServiceError
 from simpool_serve.service.manifest import Manifest, ManifestError, fingerprint, load_manifest

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from simpool_serve.models.simpool import SimPool
 
 DIM = 24

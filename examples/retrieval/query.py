@@ -17,6 +17,7 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+
 from simpool_serve.client import SimPoolClient
 from simpool_serve.client.backends import LocalBackend, default_url
 
