@@ -16,6 +16,7 @@ Layouts, told apart by their keys (no flag needed):
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -196,7 +197,9 @@ def load_weights(model: SimPoolModel, imported: ImportedCheckpoint) -> list[str]
             notes.append("dropped the checkpoint's classifier (--num-classes 0)")
     if model.family == "convnext" and any(k.startswith("backbone.downsample_layers.") for k in sd):
         sd = _convert_fb_convnext(model, sd)
-    if model.family == "vit":
+    if model.family == "vit" and imported.format == "dino":
+        sd = _dino_pos_embed(model, sd, notes)
+    elif model.family == "vit":
         sd = _resample_pos_embed(model, sd, notes)
 
     expected = model.state_dict()
@@ -249,6 +252,37 @@ def _resample_pos_embed(
     sd = dict(sd)
     sd[key] = resample_abs_pos_embed(sd[key], grid, num_prefix_tokens=0)
     notes.append(f"resampled pos_embed to the {grid[0]}x{grid[1]} grid")
+    return sd
+
+
+def _dino_pos_embed(
+    model: SimPoolModel, sd: dict[str, torch.Tensor], notes: list[str]
+) -> dict[str, torch.Tensor]:
+    """The paper's DINO ViT (SimPool mode, no [CLS]) resamples its positional embedding at every
+    forward pass, even at its training size: its ``interpolate_pos_encoding`` counts the patches as
+    ``x.shape[1] - 1`` (written for a [CLS] token it no longer has), so the count never matches and
+    it always runs ``F.interpolate(..., scale_factor=(g + 0.1) / sqrt(N), mode="bicubic")``, which
+    shifts the sampling grid slightly. The trained network only ever saw that resampled embedding,
+    so it is computed once here, exactly as the paper's forward pass does, and stored as the weight.
+    """
+    key = "backbone.pos_embed"
+    if key not in sd:
+        return sd
+    pos = sd[key]
+    n, dim = int(pos.shape[1]), int(pos.shape[2])
+    side = int(math.sqrt(n))
+    if side * side != n:
+        raise CheckpointError(f"DINO pos_embed has {n} tokens, not a square grid (a [CLS] entry?)")
+    gh, gw = (int(g) for g in model.backbone.patch_embed.grid_size)
+    grid = pos.double().reshape(1, side, side, dim).permute(0, 3, 1, 2)
+    out = torch.nn.functional.interpolate(
+        grid, scale_factor=((gh + 0.1) / math.sqrt(n), (gw + 0.1) / math.sqrt(n)), mode="bicubic"
+    )
+    if tuple(out.shape[-2:]) != (gh, gw):
+        raise CheckpointError(f"cannot resample the DINO pos_embed from {side}x{side} to {gh}x{gw}")
+    sd = dict(sd)
+    sd[key] = out.permute(0, 2, 3, 1).reshape(1, gh * gw, dim).to(pos.dtype)
+    notes.append(f"pos_embed resampled as the paper's DINO ViT does at every forward ({gh}x{gw} grid)")
     return sd
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import re
 import subprocess
@@ -121,6 +122,28 @@ def vit_tokens(norm: bool) -> Callable[[torch.nn.Module, torch.Tensor], torch.Te
     return run
 
 
+def dino_vit_tokens(bb: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The paper's DINO ViT in SimPool mode (self_supervised/vision_transformer.py, prepare_tokens and
+    interpolate_pos_encoding): it counts x.shape[1] - 1 patches although it has no [CLS] token, so the
+    count never matches and the position embedding is always resampled, also at 224 px."""
+    w, h = x.shape[2], x.shape[3]
+    x = bb.patch_embed(x)
+    pos, dim = bb.pos_embed, x.shape[-1]
+    n = pos.shape[1]
+    if x.shape[1] - 1 != n or w != h:  # always true here, as in the paper
+        w0, h0 = w // 16 + 0.1, h // 16 + 0.1
+        pos = torch.nn.functional.interpolate(
+            pos.reshape(1, int(math.sqrt(n)), int(math.sqrt(n)), dim).permute(0, 3, 1, 2),
+            scale_factor=(w0 / math.sqrt(n), h0 / math.sqrt(n)),
+            mode="bicubic",
+        )
+        pos = pos.permute(0, 2, 3, 1).reshape(1, -1, dim)
+    x = x + pos
+    for blk in bb.blocks:
+        x = blk(x)
+    return x
+
+
 def build_supervised_resnet50(root: Path) -> Layout:
     torch.manual_seed(10)
     bb = timm.create_model("resnet50", num_classes=1000)
@@ -202,7 +225,7 @@ def build_dino_vit_small(
     return Layout(
         path, bb.double().eval(), _np(pool), gamma, gamma is not None,
         (sd["norm.weight"].double().numpy(), sd["norm.bias"].double().numpy()), None,
-        IMAGENET_MEAN, IMAGENET_STD, vit_tokens(norm=False),
+        IMAGENET_MEAN, IMAGENET_STD, dino_vit_tokens,
     )  # fmt: skip
 
 
@@ -341,8 +364,25 @@ def test_dino_vit_without_gamma_ignores_teacher_beta(tmp_path: Path) -> None:
     with torch.no_grad():
         emb, attn, logits = model.double()(x)
     assert logits is None
-    assert rel_err(emb.numpy(), ref["embedding"]) < 1e-10
-    assert rel_err(attn.reshape(2, -1).numpy(), ref["attention"]) < 1e-10
+    # 1e-7, not float64 noise: the resampled pos_embed is stored as a float32 weight.
+    assert rel_err(emb.numpy(), ref["embedding"]) < 1e-7
+    assert rel_err(attn.reshape(2, -1).numpy(), ref["attention"]) < 1e-7
+
+
+def test_dino_vit_pos_embed_is_resampled_as_in_the_paper(layouts: dict[str, Layout]) -> None:
+    """The paper's DINO ViT never adds its stored pos_embed as is (see dino_vit_tokens): ours must not."""
+    layout = layouts["dino_vit_small"]
+    imported = import_checkpoint(load_file(layout.path))
+    model = build_model(resolve_config(imported))
+    notes = load_weights(model, imported)
+    assert any("pos_embed" in n for n in notes)
+    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    with torch.no_grad():
+        ref = dino_vit_tokens(layout.backbone, x)
+        got = model.double().features(x)
+        stored = vit_tokens(norm=False)(layout.backbone, x)
+    assert rel_err(got.numpy(), ref.numpy()) < 1e-6
+    assert rel_err(stored.numpy(), ref.numpy()) > 1e-3  # the resampling does matter
 
 
 def test_flags_override_checkpoint_args(layouts: dict[str, Layout]) -> None:
