@@ -204,6 +204,36 @@ def test_small_and_odd_sized_images() -> None:
     )
 
 
+def test_elongated_image_is_not_resized_whole(
+    photos: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 100-byte 1×60000 PNG would resize to 256×15 million pixels (gigabytes): only the crop's band is."""
+    sizes: list[tuple[int, int]] = []
+    resize = Image.Image.resize
+
+    def spy(self: Image.Image, size: tuple[int, int], *args: object, **kwargs: object) -> Image.Image:
+        sizes.append(tuple(size))
+        return resize(self, size, *args, **kwargs)  # type: ignore[arg-type]
+
+    m = manifest()
+    photo = Image.open(photos["chelsea.jpg"]).convert("RGB")
+    for size in ((10, 3000), (3000, 10)):  # 19.7 megapixels once resized
+        img = photo.resize(size, Image.Resampling.BICUBIC)
+        want = torchvision_reference(img, m)
+        sizes.clear()
+        with monkeypatch.context() as patch:
+            patch.setattr(Image.Image, "resize", spy)
+            got = decode_image(encode(img, "PNG"), m, 10**8)
+        assert max(w * h for w, h in sizes) <= 2**24, sizes
+        assert np.abs(got.astype(int) - want.astype(int)).max() <= 1, size
+    tiny = png_bomb(1, 60000)
+    assert len(tiny) < 1000
+    sizes.clear()
+    monkeypatch.setattr(Image.Image, "resize", spy)
+    assert decode_image(tiny, m, 10**8).shape == (224, 224, 3)
+    assert max(w * h for w, h in sizes) <= 2**24, sizes
+
+
 _INVERSE = {
     2: Image.Transpose.FLIP_LEFT_RIGHT,
     3: Image.Transpose.ROTATE_180,
