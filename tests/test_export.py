@@ -18,6 +18,7 @@ from test_simpool_head import rel_err
 
 from simpool_serve.export.graph import ServingGraph
 from simpool_serve.export.parity import check_parity
+from simpool_serve.export.preprocess import preprocessing_for
 from simpool_serve.models.model import ModelConfig, build_model
 
 MANIFEST_TYPES: dict[str, type | tuple[type, ...]] = {
@@ -67,7 +68,9 @@ def test_manifest_has_every_contract_field(model_repo: Path, name: str) -> None:
     assert m["name"] == name
     assert m["weights"] == "random" and m["checkpoint_sha256"] is None and m["seed"] == 0
     assert m["onnx_sha256"] == hashlib.sha256((d / "model.onnx").read_bytes()).hexdigest()
-    assert m["input_size"] == 224 and m["resize"] == 256 and m["interpolation"] in ("bilinear", "bicubic")
+    # timm's evaluation crop for the architecture (crop_pct 0.95 / 0.9), as the paper's train script used.
+    assert m["input_size"] == 224 and m["resize"] == {"resnet18": 235, "vit_tiny": 248}[name]
+    assert m["interpolation"] in ("bilinear", "bicubic")
     assert all(isinstance(v, float) for v in m["mean"] + m["std"]) and len(m["mean"]) == len(m["std"]) == 3
     assert m["precision"] == "fp32" and m["opset"] == 18
     assert datetime.fromisoformat(m["created_at"]).tzinfo is not None
@@ -179,7 +182,7 @@ def test_convnext_options(tmp_path: Path) -> None:
         "cnx-small",
         None,
         160,
-        182,
+        168,  # floor(160 / 0.95): convnext's crop_pct, scaled to the input size
         [5, 5],
     )
     assert m["placement"] == "pool_then_norm" and m["opset"] == 17 and m["labels"] is None
@@ -209,3 +212,13 @@ def test_cli_default_opset_matches_graph() -> None:
     from simpool_serve.export import cli, graph
 
     assert cli.DEFAULT_OPSET == graph.DEFAULT_OPSET
+
+
+def test_preprocessing_uses_the_papers_evaluation_crop() -> None:
+    """Supervised: the paper's train script evaluates with the pretrained config's crop_pct
+    (supervised/timm/models/resnet.py: resnet50 crop_pct=0.95); DINO: Resize(256) + CenterCrop(224)."""
+    assert preprocessing_for("resnet50", 224, dino=False).resize == 235
+    assert preprocessing_for("vit_small_patch16_224", 224, dino=False).resize == 248
+    assert preprocessing_for("convnext_small", 224, dino=False).resize == 235
+    assert preprocessing_for("resnet50", 224, dino=True).resize == 256
+    assert preprocessing_for("vit_small_patch16_224", 224, dino=True).resize == 256
