@@ -26,6 +26,8 @@ ALLOWED_GLOBALS: list[Any] = [
     np.dtypes.Int32DType,
     np.dtypes.BoolDType,
     np._core.multiarray.scalar,
+    # Files written under numpy 1.x (the paper's, 2023) name the same function by its old module.
+    (np._core.multiarray.scalar, "numpy.core.multiarray.scalar"),
 ]
 
 
@@ -37,9 +39,14 @@ class CheckpointRefused(CheckpointError):
     """The file needs a type outside the allow-list: we refuse it instead of unpickling it."""
 
 
+def _name(entry: Any) -> str:
+    """The pickle name an allow-list entry matches: its own, or the one given beside it."""
+    return entry[1] if isinstance(entry, tuple) else f"{entry.__module__}.{entry.__qualname__}"
+
+
 def _refused_names(path: Path, exc: BaseException) -> str:
     """Names the globals the file asks for beyond the allow-list (scanned, never unpickled)."""
-    allowed = {f"{g.__module__}.{g.__qualname__}" for g in ALLOWED_GLOBALS}
+    allowed = {_name(g) for g in ALLOWED_GLOBALS}
     try:
         wanted = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
         names = sorted(set(wanted) - allowed)
@@ -68,7 +75,7 @@ def load_file(path: Path) -> Any:
         with torch.serialization.safe_globals(ALLOWED_GLOBALS):
             return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        allowed = ", ".join(sorted(f"{g.__module__}.{g.__qualname__}" for g in ALLOWED_GLOBALS))
+        allowed = ", ".join(sorted(_name(g) for g in ALLOWED_GLOBALS))
         raise CheckpointRefused(
             f"refused to load {path}: it needs a type that is not on the allow-list "
             f"({_refused_names(path, exc)}). Only tensors, plain containers and these types are "

@@ -18,6 +18,7 @@ import os
 import re
 import subprocess
 import sys
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -445,6 +446,23 @@ def test_pickle_payload_is_refused_and_never_runs(tmp_path: Path) -> None:
     code = f"import torch; torch.load({str(path)!r}, weights_only=False)"
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, timeout=120)
     assert marker.exists()
+
+
+def test_numpy1_scalar_in_checkpoint_is_allowed(tmp_path: Path) -> None:
+    """A file written under numpy 1.x names numpy scalars `numpy.core.multiarray.scalar` (numpy 2:
+    `numpy._core...`): the allow-listed type must be accepted under both names."""
+    path = tmp_path / "np1.pth"
+    torch.save({"state_dict": {"fc.weight": torch.zeros(1)}, "metric": np.float64(74.25)}, path)
+    with zipfile.ZipFile(path) as zf:
+        entries = {n: zf.read(n) for n in zf.namelist()}
+    pkl = next(n for n in entries if n.endswith("data.pkl"))
+    assert b"numpy._core.multiarray\nscalar" in entries[pkl]
+    entries[pkl] = entries[pkl].replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
+        for n, data in entries.items():
+            zf.writestr(n, data)
+    loaded = load_file(path)
+    assert float(loaded["metric"]) == 74.25 and torch.equal(loaded["state_dict"]["fc.weight"], torch.zeros(1))
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
