@@ -222,3 +222,17 @@ def test_preprocessing_uses_the_papers_evaluation_crop() -> None:
     assert preprocessing_for("convnext_small", 224, dino=False).resize == 235
     assert preprocessing_for("resnet50", 224, dino=True).resize == 256
     assert preprocessing_for("vit_small_patch16_224", 224, dino=True).resize == 256
+
+
+def test_parity_failure_exits_1_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """CONTRACT §2: above the tolerance the exporter exits 1, and no graph or manifest is left behind."""
+    from simpool_serve.export import cli, parity
+
+    monkeypatch.setattr(parity, "check_parity", lambda *a, **k: {"embedding": 3e-4, "attention": 1e-7})
+    out = tmp_path / "bad"
+    code = cli.main(["--arch", "resnet18", "--random-init", "--num-classes", "0", "--out", str(out)])
+    assert code == 1
+    assert "embedding 3.00e-04" in capsys.readouterr().out
+    assert not (out / "model.onnx").exists() and not (out / "manifest.json").exists()
