@@ -48,9 +48,9 @@ def payload_bytes(payload: bytes | str, max_bytes: int) -> bytes:
             raise ImageTooLarge(f"image of {len(payload)} bytes is over the limit of {max_bytes}")
         return payload
     text = payload
-    if text.startswith("data:"):
+    if text[:5].lower() == "data:":  # RFC 2397: the scheme and ";base64" are case-insensitive
         header, comma, text = text.partition(",")
-        if not comma or not header.endswith(";base64"):
+        if not comma or not header.lower().endswith(";base64"):
             raise ImageError("data URI is not base64 (expected data:image/...;base64,...)")
     if len(text) // 4 * 3 > max_bytes + 3:
         raise ImageTooLarge(f"image of about {len(text) // 4 * 3} bytes is over the limit of {max_bytes}")

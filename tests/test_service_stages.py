@@ -123,6 +123,7 @@ def test_payload_forms() -> None:
     assert payload_bytes(raw, 100) == raw
     assert payload_bytes(b64, 100) == raw
     assert payload_bytes(f"data:image/png;base64,{b64}", 100) == raw
+    assert payload_bytes(f"DATA:image/PNG;BASE64,{b64}", 100) == raw  # case-insensitive (RFC 2397)
     assert payload_bytes(b64[:8] + "\n" + b64[8:], 100) == raw  # MIME line breaks
     with pytest.raises(ImageError, match="base64"):
         payload_bytes("not base64 at all!", 100)
