@@ -118,6 +118,12 @@ def _invalid(detail: str) -> ServiceError:
     return ServiceError(422, detail, "malformed")
 
 
+# Most parts other than images in one multipart body: the endpoints take a handful of fields, and
+# python-multipart parses each part's headers byte by byte on the event loop (100 MB of tiny parts
+# would stall every other request, probes included, for ~10 s).
+MAX_FORM_FIELDS = 64
+
+
 class _MultipartCollector:
     """Callbacks for python-multipart: file parts named `images` in order, other parts as text fields."""
 
@@ -125,6 +131,7 @@ class _MultipartCollector:
         self.max_images = max_images
         self.images: list[bytes] = []
         self.fields: dict[str, str] = {}
+        self.other_parts = 0
         self.finished = False
         self._header_field = bytearray()
         self._header_value = bytearray()
@@ -158,7 +165,11 @@ class _MultipartCollector:
             if len(self.images) >= self.max_images:
                 raise _too_many(len(self.images) + 1, self.max_images)
             self.images.append(data)
-        elif name and b"filename" not in options:
+            return
+        self.other_parts += 1
+        if self.other_parts > MAX_FORM_FIELDS:
+            raise _invalid(f"more than {MAX_FORM_FIELDS} multipart parts besides the images")
+        if name and b"filename" not in options:
             self.fields[name] = data.decode("utf-8", "replace")
 
     def _end(self) -> None:

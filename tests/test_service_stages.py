@@ -8,6 +8,7 @@ import json
 import struct
 import subprocess
 import sys
+import time
 import zlib
 from pathlib import Path
 
@@ -163,6 +164,22 @@ def test_multipart_limits_and_malformed() -> None:
     with pytest.raises(ServiceError) as exc:
         parse_multipart(body, "multipart/form-data", max_images=8)
     assert exc.value.status == 422
+
+
+def test_multipart_with_a_flood_of_parts_is_refused_early() -> None:
+    """Parts are parsed on the event loop: 100 MB of tiny form fields would stall the server for ~10 s."""
+    body, ctype = multipart([b"img"], {f"f{i}": "v" for i in range(64)})
+    images, fields = parse_multipart(body, ctype, max_images=8)  # a few dozen fields are fine
+    assert images == [b"img"] and len(fields) == 64
+    boundary = ctype.split("boundary=")[1].encode()
+    part = b"--" + boundary + b'\r\nContent-Disposition: form-data; name="f"\r\n\r\nv\r\n'
+    head, _, _ = body.rpartition(b"--" + boundary + b"--")
+    flood = head + part * 200_000 + b"--" + boundary + b"--\r\n"
+    start = time.perf_counter()
+    with pytest.raises(ServiceError) as exc:
+        parse_multipart(flood, ctype, max_images=8)
+    assert exc.value.status == 422 and "parts" in exc.value.detail
+    assert time.perf_counter() - start < 0.5
 
 
 # -- preprocessing --------------------------------------------------------------------------------
