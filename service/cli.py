@@ -90,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         port=settings.port,
         log_config=None,
         access_log=False,
-        timeout_graceful_shutdown=int(settings.shutdown_grace_s),
+        # Not int(): a grace under 1 s would become 0, and uvicorn would cancel every accepted request.
+        timeout_graceful_shutdown=settings.shutdown_grace_s,  # type: ignore[arg-type]
         server_header=False,
         lifespan="on",
     )

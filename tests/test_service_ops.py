@@ -239,6 +239,27 @@ def test_sigterm_answers_accepted_requests_and_exits_0(
     assert "shutting down" in server.read_log()
 
 
+def test_sub_second_shutdown_grace_is_not_zero(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """uvicorn cancels accepted requests at once on a grace of 0: 0.5 s must stay 0.5 s, not int() 0."""
+    from simpool_serve.service import cli
+
+    seen: dict[str, object] = {}
+
+    class Stop(Exception):
+        pass
+
+    def config(app: object, **kwargs: object) -> None:
+        seen.update(kwargs)
+        raise Stop
+
+    monkeypatch.setenv("SIMPOOL_SHUTDOWN_GRACE_S", "0.5")
+    monkeypatch.setattr(cli.uvicorn, "Config", config)
+    monkeypatch.setattr(cli.logs, "configure", lambda level: None)
+    with pytest.raises(Stop):
+        cli.main(["--model-dir", str(tmp_path)])
+    assert seen["timeout_graceful_shutdown"] == 0.5
+
+
 # -- start-up failures ----------------------------------------------------------------------------
 
 
