@@ -102,6 +102,9 @@ def _heat_colours(values: np.ndarray) -> np.ndarray:
     return np.clip(rgb, 0, 255).astype(np.uint8)
 
 
+_HEAT_LUT = _heat_colours(np.arange(256) / 255.0)  # the heat map is 8-bit: a colour per level
+
+
 def attention_png(original: Image.Image, geo: Geometry, attention: np.ndarray, alpha: float = 0.5) -> bytes:
     """The attention as a heat map over the part of the original the model saw (its centre crop).
 
@@ -118,11 +121,18 @@ def attention_png(original: Image.Image, geo: Geometry, attention: np.ndarray, a
     full_w, full_h = max(1, round(right - left)), max(1, round(bottom - top))
     heat = Image.fromarray((norm * 255).astype(np.uint8)).resize((full_w, full_h), Image.Resampling.BILINEAR)
     heat = heat.crop((x0 - round(left), y0 - round(top), x1 - round(left), y1 - round(top)))
-    base = np.asarray(original.convert("RGB"), dtype=np.float64)
-    canvas = base * 0.4
-    region = base[y0:y1, x0:x1]
-    colours = _heat_colours(np.asarray(heat, dtype=np.float64) / 255.0).astype(np.float64)
-    canvas[y0:y1, x0:x1] = (1 - alpha) * region + alpha * colours
+    # In uint8, with float32 only over the crop: float64 copies of a 50-megapixel photograph took ~30x
+    # its size (4.5 GB for one request).
+    base = np.asarray(original.convert("RGB"))
+    canvas = np.empty_like(base)
+    np.multiply(base, 0.4, out=canvas, casting="unsafe")  # truncates, as astype(np.uint8) did
+    region = base[y0:y1, x0:x1].astype(np.float32)
+    region *= 1 - alpha
+    colours = _HEAT_LUT[np.asarray(heat, dtype=np.uint8)].astype(np.float32)
+    colours *= alpha
+    region += colours
+    del colours
+    canvas[y0:y1, x0:x1] = np.clip(region, 0, 255, out=region)
     buf = io.BytesIO()
-    Image.fromarray(np.clip(canvas, 0, 255).astype(np.uint8)).save(buf, "PNG", compress_level=3)
+    Image.fromarray(canvas).save(buf, "PNG", compress_level=3)
     return buf.getvalue()

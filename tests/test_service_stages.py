@@ -424,6 +424,22 @@ def test_attention_png_overlays_the_centre_crop() -> None:
     assert centre[0] > corner[0] and corner[2] > centre[2]
 
 
+def test_attention_png_memory_stays_near_the_image_size() -> None:
+    """float64 copies of the photograph made one 45-megapixel PNG request peak at 4.5 GB (~30x)."""
+    import tracemalloc
+
+    original = Image.fromarray(np.random.default_rng(0).integers(0, 255, (1000, 1500, 3), dtype=np.uint8))
+    att = np.random.default_rng(1).random((7, 7)).astype(np.float32)
+    geo = geometry(*original.size, manifest())
+    tracemalloc.start()
+    try:
+        attention_png(original, geo, att)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 10 * original.width * original.height * 3
+
+
 def test_service_never_imports_torch_or_timm() -> None:
     """The runtime must install and run without the export stack."""
     code = (
