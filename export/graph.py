@@ -82,7 +82,39 @@ def export_onnx(graph: ServingGraph, path: Path, image_size: int, opset: int = D
                 opset_version=opset,
                 dynamo=False,
             )
-    written = {o.domain: o.version for o in onnx.load(str(path), load_external_data=False).opset_import}
+    proto = onnx.load(str(path), load_external_data=False)
+    written = {o.domain: o.version for o in proto.opset_import}
     if written.get("", written.get("ai.onnx")) != opset:
         path.unlink(missing_ok=True)
         raise ValueError(f"the exporter wrote opset {written} instead of the requested {opset}")
+    strip_provenance(proto)
+    onnx.save(proto, str(path))
+
+
+def strip_provenance(model: onnx.ModelProto) -> None:
+    """Drops the exporter's per-node stack traces and doc strings.
+
+    They hold the exporter's source paths, so the same weights exported from another checkout got
+    another `onnx_sha256`, hence another fingerprint, and a retrieval index would re-embed for nothing.
+    """
+    model.doc_string = ""
+    _strip(model.graph)
+    for function in model.functions:
+        _strip(function)
+
+
+def _strip(g: onnx.GraphProto | onnx.FunctionProto) -> None:
+    g.doc_string = ""
+    del g.metadata_props[:]
+    for v in (*g.value_info, *(() if isinstance(g, onnx.FunctionProto) else (*g.input, *g.output))):
+        v.doc_string = ""
+        del v.metadata_props[:]
+    for node in g.node:
+        node.doc_string = ""
+        del node.metadata_props[:]
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                _strip(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for sub in attr.graphs:
+                    _strip(sub)

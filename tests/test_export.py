@@ -139,6 +139,11 @@ def test_random_init_is_reproducible(model_repo: Path, tmp_path: Path, photos: d
     for x, y in zip(a, b, strict=True):
         np.testing.assert_array_equal(x, y)
     assert manifest_of(tmp_path / "again")["name"] == "again"  # default name: the folder's
+    # Same weights, same graph bytes, hence the same fingerprint; no exporter source paths inside.
+    sha = manifest_of(model_repo / "resnet18")["onnx_sha256"]
+    assert manifest_of(tmp_path / "again")["onnx_sha256"] == sha
+    graph_bytes = (tmp_path / "again" / "model.onnx").read_bytes()
+    assert b"graph.py" not in graph_bytes and b"stack_trace" not in graph_bytes
     s0 = build_model(ModelConfig("resnet18", num_classes=10, gamma=2.0), seed=0).state_dict()
     s1 = build_model(ModelConfig("resnet18", num_classes=10, gamma=2.0), seed=1).state_dict()
     assert not torch.equal(s0["pool.wq.weight"], s1["pool.wq.weight"])
