@@ -91,50 +91,62 @@ class Server:
 
 
 @contextlib.contextmanager
-def start_server(
-    model_dir: Path, log_dir: Path, env: dict[str, str] | None = None, ready_timeout: float = 120
-) -> Iterator[Server]:
-    """Starts a real `simpool-serve` process on loopback and waits for /readyz."""
-    port = free_port()
-    log = log_dir / f"serve-{port}.log"
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("SIMPOOL_")}
-    full_env.update({"SIMPOOL_PROVIDERS": "CPUExecutionProvider", **(env or {})})
+def running_process(
+    cmd: list[str],
+    ready_url: str,
+    log: Path,
+    env: dict[str, str] | None = None,
+    ready_timeout: float = 120,
+    stop_timeout: float = 30,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Starts a real process (output to `log`), waits until `ready_url` answers 200, always stops it."""
+    name = Path(cmd[0]).name
+
+    def output() -> str:
+        return log.read_text(errors="replace")
+
     with log.open("wb") as fh:
-        proc = subprocess.Popen(
-            [
-                str(BIN / "simpool-serve"),
-                "--model-dir",
-                str(model_dir),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ],
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            env=full_env,
-        )
-    server = Server(url=f"http://127.0.0.1:{port}", proc=proc, log=log)
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
     try:
         deadline = time.monotonic() + ready_timeout
         while True:
             if proc.poll() is not None:
-                raise AssertionError(f"simpool-serve exited ({proc.returncode}):\n{server.read_log()}")
+                raise AssertionError(f"{name} exited ({proc.returncode}):\n{output()}")
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{server.url}/readyz", timeout=2).status_code == 200:
+                if httpx.get(ready_url, timeout=2).status_code == 200:
                     break
             if time.monotonic() > deadline:
-                raise AssertionError(f"simpool-serve not ready in {ready_timeout}s:\n{server.read_log()}")
+                raise AssertionError(f"{name} not ready in {ready_timeout}s:\n{output()}")
             time.sleep(0.2)
-        yield server
+        yield proc
     finally:
         if proc.poll() is None:
             proc.terminate()
             try:
-                proc.wait(timeout=30)
+                proc.wait(timeout=stop_timeout)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+@contextlib.contextmanager
+def start_server(
+    model_dir: Path,
+    log_dir: Path,
+    env: dict[str, str] | None = None,
+    ready_timeout: float = 120,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+) -> Iterator[Server]:
+    """Starts a real `simpool-serve` process on a loopback address and waits for /readyz."""
+    port = port or free_port()
+    log = log_dir / f"serve-{host}-{port}.log"
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("SIMPOOL_")}
+    full_env.update({"SIMPOOL_PROVIDERS": "CPUExecutionProvider", **(env or {})})
+    url = f"http://{host}:{port}"
+    cmd = [str(BIN / "simpool-serve"), "--model-dir", str(model_dir), "--host", host, "--port", str(port)]
+    with running_process(cmd, f"{url}/readyz", log, full_env, ready_timeout) as proc:
+        yield Server(url=url, proc=proc, log=log)
 
 
 @pytest.fixture(scope="session")

@@ -28,7 +28,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import free_port
+from conftest import free_port, start_server
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -90,37 +90,6 @@ class TinyDNS:
         # Each answer: a pointer to the question's name, type A, class IN, TTL 5 s, 4 bytes of address.
         records = b"".join(struct.pack("!HHHIH", 0xC00C, 1, 1, 5, 4) + socket.inet_aton(a) for a in answers)
         return head + question + records
-
-
-@contextlib.contextmanager
-def replica(model_repo: Path, host: str, port: int, tmp: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """One simpool-serve listening on host:port (a loopback address of its own), until the block ends."""
-    log = tmp / f"serve-{host}.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SIMPOOL_")}
-    env.update(SIMPOOL_PROVIDERS="CPUExecutionProvider", SIMPOOL_DEFAULT_MODEL="resnet18")
-    with log.open("wb") as fh:
-        proc = subprocess.Popen(
-            [str(BIN / "simpool-serve"), "--model-dir", str(model_repo), "--host", host, "--port", str(port)],
-            stdout=fh, stderr=subprocess.STDOUT, env=env,
-        )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, f"replica {host} exited:\n{log.read_text()}"
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"http://{host}:{port}/readyz", timeout=2).status_code == 200:
-                    break
-            assert time.monotonic() < deadline, f"replica {host} not ready:\n{log.read_text()}"
-            time.sleep(0.2)
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 def loopback_conf(dns_port: int, lb_port: int, replica_port: int) -> str:
@@ -217,7 +186,11 @@ def test_requests_spread_over_replicas_and_survive_one_going_down(model_repo: Pa
     replica_port, lb_port = free_port(), free_port()
     with contextlib.ExitStack() as stack:
         dns = stack.enter_context(TinyDNS("simpool", REPLICAS))
-        procs = [stack.enter_context(replica(model_repo, host, replica_port, tmp_path)) for host in REPLICAS]
+        env = {"SIMPOOL_DEFAULT_MODEL": "resnet18"}
+        procs = [
+            stack.enter_context(start_server(model_repo, tmp_path, env, host=host, port=replica_port)).proc
+            for host in REPLICAS
+        ]
         lb = stack.enter_context(run_nginx(loopback_conf(dns.port, lb_port, replica_port), lb_port, tmp_path))
 
         with httpx.Client(base_url=lb, timeout=60) as c:

@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from conftest import Server, free_port, start_server
+from conftest import Server, free_port, running_process, start_server
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 from test_deploy import (
@@ -66,39 +66,16 @@ def loopback_config(simpool: str, prometheus: str, tmp: Path, text: str | None =
 @contextlib.contextmanager
 def run_prometheus(config: Path, port: int, tmp: Path) -> Iterator[str]:
     """Starts Prometheus on a loopback port with its own storage; always stops it."""
-    log = tmp / "prometheus.log"
     url = f"http://127.0.0.1:{port}"
-    with log.open("wb") as fh:
-        proc = subprocess.Popen(
-            [
-                str(PROMETHEUS),
-                f"--config.file={config}",
-                f"--storage.tsdb.path={tmp / 'tsdb'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-                "--log.level=warn",
-            ],
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(f"prometheus exited ({proc.returncode}):\n{log.read_text()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/-/ready", timeout=2).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise AssertionError(f"prometheus not ready in 30 s:\n{log.read_text()}")
-            time.sleep(0.2)
+    cmd = [
+        str(PROMETHEUS),
+        f"--config.file={config}",
+        f"--storage.tsdb.path={tmp / 'tsdb'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--log.level=warn",
+    ]
+    with running_process(cmd, f"{url}/-/ready", tmp / "prometheus.log", ready_timeout=30, stop_timeout=15):
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def query(prom: str, promql: str) -> list[dict]:
