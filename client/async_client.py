@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, TypeVar
@@ -43,11 +42,10 @@ class AsyncSimPoolClient:
         )
         self._retry = retry or RetryPolicy()
         self._slots = asyncio.Semaphore(max_concurrency)
-        key = api_key if api_key is not None else os.environ.get("SIMPOOL_API_KEY")
         limits = httpx.Limits(max_connections=max_concurrency + 2, max_keepalive_connections=max_concurrency)
         httpx_kwargs.setdefault("limits", limits)
         self._http = httpx.AsyncClient(
-            base_url=base_url, timeout=timeout, headers=headers(key), **httpx_kwargs
+            base_url=base_url, timeout=timeout, headers=headers(api_key), **httpx_kwargs
         )
 
     @property

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -129,7 +128,7 @@ async def _open_backend(args: argparse.Namespace) -> Backend:
     return await HttpBackend.open(
         args.url or default_url(),
         model=args.model,
-        api_key=args.api_key if args.api_key is not None else os.environ.get("SIMPOOL_API_KEY"),
+        api_key=args.api_key,
         concurrency=args.concurrency,
         timeout=args.timeout,
         retry_timeout=args.retry_timeout,

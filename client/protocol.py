@@ -230,5 +230,7 @@ class Protocol:
 
 
 def headers(api_key: str | None) -> dict[str, str]:
-    """The service takes its key as `Authorization: Bearer <key>` (as TEI and OpenAI-style APIs do)."""
-    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    """The service takes its key as `Authorization: Bearer <key>` (as TEI and OpenAI-style APIs do);
+    with no key given, $SIMPOOL_API_KEY is used, so every client and the CLI default alike."""
+    key = api_key if api_key is not None else os.environ.get("SIMPOOL_API_KEY")
+    return {"Authorization": f"Bearer {key}"} if key else {}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Sequence
 from types import TracebackType
@@ -44,8 +43,9 @@ class SimPoolClient:
             model=model, max_images_per_request=max_images_per_request, max_request_bytes=max_request_bytes
         )
         self._retry = retry or RetryPolicy()
-        key = api_key if api_key is not None else os.environ.get("SIMPOOL_API_KEY")
-        self._http = httpx.Client(base_url=base_url, timeout=timeout, headers=headers(key), **httpx_kwargs)
+        self._http = httpx.Client(
+            base_url=base_url, timeout=timeout, headers=headers(api_key), **httpx_kwargs
+        )
 
     @property
     def max_images_per_request(self) -> int:
