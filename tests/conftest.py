@@ -98,6 +98,7 @@ def running_process(
     env: dict[str, str] | None = None,
     ready_timeout: float = 120,
     stop_timeout: float = 30,
+    cwd: Path | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
     """Starts a real process (output to `log`), waits until `ready_url` answers 200, always stops it."""
     name = Path(cmd[0]).name
@@ -106,7 +107,7 @@ def running_process(
         return log.read_text(errors="replace")
 
     with log.open("wb") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=cwd)
     try:
         deadline = time.monotonic() + ready_timeout
         while True:

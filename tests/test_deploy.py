@@ -15,7 +15,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import time
 import tomllib
 import zipfile
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from conftest import free_port
+from conftest import free_port, running_process
 from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
@@ -749,25 +748,10 @@ def test_runtime_wheel_serves_without_torch(model_repo: Path, tmp_path: Path) ->
     env.update(
         PYTHONPATH=str(site), SIMPOOL_PROVIDERS="CPUExecutionProvider", SIMPOOL_DEFAULT_MODEL="resnet18"
     )
-    log = tmp_path / "serve.log"
-    with log.open("wb") as fh:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", _RUN_FROM_WHEEL, str(site), "--model-dir", str(model_repo),
-             "--host", "127.0.0.1", "--port", str(port)],
-            stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=tmp_path,
-        )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, f"the service exited ({proc.returncode}):\n{log.read_text()}"
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, f"not ready in 60 s:\n{log.read_text()}"
-            time.sleep(0.2)
+    cmd = [sys.executable, "-c", _RUN_FROM_WHEEL, str(site), "--model-dir", str(model_repo),
+           "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+    with running_process(cmd, f"{url}/readyz", tmp_path / "serve.log", env, ready_timeout=60, cwd=tmp_path):
         image = base64.b64encode(_tiny_png()).decode()
         r = httpx.post(f"{url}/embed", json={"images": [image]}, timeout=30)
         assert r.status_code == 200, r.text
@@ -777,13 +761,6 @@ def test_runtime_wheel_serves_without_torch(model_repo: Path, tmp_path: Path) ->
         r = httpx.post(f"{url}/classify", json={"images": [image], "top_k": 2}, timeout=30)
         assert r.status_code == 200 and len(r.json()["predictions"][0]) == 2, r.text
         assert "simpool_requests_total" in httpx.get(f"{url}/metrics", timeout=10).text
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def _tiny_png() -> bytes:
