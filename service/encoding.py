@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 from typing import Any
 
 import numpy as np
+import orjson
 from PIL import Image
 
 from simpool_serve.service.manifest import Manifest
@@ -17,24 +17,21 @@ Outputs = dict[str, np.ndarray]
 
 
 def json_bytes(payload: dict[str, Any]) -> bytes:
-    """Compact JSON; NaN/inf would be invalid JSON, so they are refused rather than sent."""
-    return json.dumps(payload, separators=(",", ":"), allow_nan=False).encode()
+    """Compact JSON, written by orjson: numpy rows go out as they are, ~10x faster than `json` on a
+    2048-float embedding (0.05 vs 0.6 ms), a cost the event loop pays per image."""
+    return orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-# Decimal digits kept below the magnitude of each vector's largest component: an error under 5e-9 of
-# it, below float32's resolution there (6e-8); the JSON gets ~40% smaller and faster to write and read.
-_DIGITS = 9
+def finite_rows(rows: np.ndarray) -> np.ndarray:
+    """float32 rows for the answer; NaN/inf are refused (JSON has no such numbers; orjson would write null).
 
-
-def compact_rows(rows: np.ndarray) -> list[list[Any]]:
-    """Rows as nested lists of Python floats, rounded to `_DIGITS` digits of each row's scale."""
-    flat = rows.reshape(len(rows), -1).astype(np.float64)
-    peak = np.abs(flat).max(axis=1, initial=0.0)
-    out = []
-    for row, full, top in zip(rows, flat, peak, strict=True):
-        decimals = _DIGITS - int(np.ceil(np.log10(top))) if top > 0 and np.isfinite(top) else _DIGITS
-        out.append(np.round(full, decimals).reshape(row.shape).tolist())
-    return out
+    float32 is written in its shortest round-trip form, so a client parsing the JSON gets back exactly
+    the graph's values.
+    """
+    rows = np.ascontiguousarray(rows, dtype=np.float32)
+    if not np.isfinite(rows).all():
+        raise ValueError("the model produced NaN or infinite values")
+    return rows
 
 
 def _stacked(results: list[Outputs | None], name: str) -> tuple[list[int], np.ndarray | None]:
@@ -45,7 +42,7 @@ def _stacked(results: list[Outputs | None], name: str) -> tuple[list[int], np.nd
 
 
 def embeddings(results: list[Outputs | None], normalize: bool, encoding: str) -> list[Any]:
-    """One entry per image: a list of floats, or base64 of little-endian float32; `None` for skipped."""
+    """Per image: a float32 row (a JSON list) or base64 of little-endian float32; `None` if skipped."""
     out: list[Any] = [None] * len(results)
     present, vecs = _stacked(results, "embedding")
     if vecs is None:
@@ -59,17 +56,17 @@ def embeddings(results: list[Outputs | None], normalize: bool, encoding: str) ->
         for i, row in zip(present, little, strict=True):
             out[i] = base64.b64encode(row.tobytes()).decode("ascii")
     else:
-        for i, row in zip(present, compact_rows(vecs), strict=True):
+        for i, row in zip(present, finite_rows(vecs), strict=True):
             out[i] = row
     return out
 
 
 def attention_maps(results: list[Outputs | None]) -> list[Any]:
-    """One [h][w] nested list per image (each sums to 1); `None` for skipped images."""
+    """One float32 [h, w] map per image (a nested JSON list; each sums to 1); `None` for skipped images."""
     out: list[Any] = [None] * len(results)
     present, maps = _stacked(results, "attention")
     if maps is not None:
-        for i, m in zip(present, compact_rows(maps), strict=True):
+        for i, m in zip(present, finite_rows(maps), strict=True):
             out[i] = m
     return out
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from simpool_serve.service.encoding import attention_png, embeddings, predictions
+from simpool_serve.service.encoding import attention_maps, attention_png, embeddings, json_bytes, predictions
 from simpool_serve.service.errors import ServiceError
 from simpool_serve.service.manifest import Manifest, ManifestError, fingerprint, load_manifest
 from simpool_serve.service.parsing import parse_multipart
@@ -381,13 +381,23 @@ def test_embeddings_normalise_and_encode() -> None:
     results = [{"embedding": vecs[0]}, None, {"embedding": vecs[2]}]
     plain = embeddings(results, normalize=False, encoding="float")
     assert plain[1] is None
-    # Rounded to 9 digits below the magnitude of the largest component: finer than float32 resolution.
-    np.testing.assert_allclose(plain[0], vecs[0], rtol=0, atol=5e-9 * np.abs(vecs[0]).max())
+    # Written in float32's shortest round-trip form: the JSON gives back the graph's exact values.
+    sent = json.loads(json_bytes({"embeddings": plain}))["embeddings"]
+    assert sent[1] is None
+    np.testing.assert_array_equal(np.asarray(sent[0], dtype=np.float32), vecs[0])
     normed = embeddings(results, normalize=True, encoding="float")
     assert np.linalg.norm(normed[2]) == pytest.approx(1.0, abs=1e-6)
     b64 = embeddings(results, normalize=True, encoding="base64")
     decoded = np.frombuffer(base64.b64decode(b64[2]), dtype="<f4")
     np.testing.assert_allclose(decoded, normed[2], rtol=1e-7)
+
+
+def test_non_finite_outputs_are_refused_not_written_as_null() -> None:
+    bad = np.array([0.5, np.nan, 1.0], dtype=np.float32)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        embeddings([{"embedding": bad}], normalize=False, encoding="float")
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        attention_maps([{"attention": np.full((2, 2), np.inf, dtype=np.float32)}])
 
 
 def test_predictions_are_softmax_top_k() -> None:
