@@ -30,6 +30,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -75,6 +76,31 @@ def offline(model_path: Path, size: int, threads: int, batch_sizes: list[int], s
         sess.run(None, {"images": x1})
         lat.append(time.perf_counter() - t0)
     return {"by_batch": results, "batch1_p50_ms": statistics.median(lat) * 1e3}
+
+
+def offline_lanes(model_path: Path, size: int, lanes: int, threads: int, batch: int, seconds: float) -> float:
+    """onnxruntime called directly from `lanes` threads at once, one session of `threads` threads each
+    lane shares (the service's layout under load): images/s at `batch`."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    sess = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
+    sess.run(None, {"images": x})
+    counts = [0] * lanes
+    start = time.perf_counter()
+
+    def lane(i: int) -> None:
+        while time.perf_counter() - start < seconds:
+            sess.run(None, {"images": x})
+            counts[i] += batch
+
+    workers = [threading.Thread(target=lane, args=(i,)) for i in range(lanes)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return sum(counts) / (time.perf_counter() - start)
 
 
 def free_port() -> int:
@@ -150,6 +176,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--offline-seconds", type=float, default=10.0)
     p.add_argument("--batch-sizes", default="1,2,4,8,16,32")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="intra-op threads, both sides")
+    p.add_argument(
+        "--lanes",
+        type=int,
+        default=min(2, os.cpu_count() or 1),
+        help="inference lanes, both sides (the service's CPU default: 2)",
+    )
+    p.add_argument("--lane-batch", type=int, default=4, help="batch size of the offline lanes run")
     p.add_argument("--json", type=Path, help="also write the figures here")
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="extra service setting")
     args = p.parse_args(argv)
@@ -161,7 +194,21 @@ def main(argv: list[str] | None = None) -> int:
     size = int(manifest["input_size"])
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     off = offline(model_dir / "model.onnx", size, args.threads, batch_sizes, args.offline_seconds)
-    best_bs, best = max(off["by_batch"].items(), key=lambda kv: kv[1])
+    best = max(off["by_batch"].values())
+    lanes_ips = None
+    if args.lanes > 1:
+        per_lane = max(1, args.threads // args.lanes)
+        lanes_ips = offline_lanes(
+            model_dir / "model.onnx", size, args.lanes, per_lane, args.lane_batch, args.offline_seconds
+        )
+        off["lanes"] = {
+            "lanes": args.lanes,
+            "threads": per_lane,
+            "batch": args.lane_batch,
+            "images_per_s": lanes_ips,
+        }
+    # The bar is the best the graph did by itself, in either layout.
+    best = max(best, lanes_ips or 0.0)
 
     tmp = Path(tempfile.mkdtemp(prefix="simpool-bench-"))
     body = tmp / "body.json"
@@ -169,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     env = {
         "SIMPOOL_PROVIDERS": "CPUExecutionProvider",
         "SIMPOOL_INTRA_OP_THREADS": str(args.threads),
+        "SIMPOOL_INFERENCE_LANES": str(args.lanes),
         "SIMPOOL_MAX_QUEUE": "1024",
         **dict(kv.split("=", 1) for kv in args.env),
     }
@@ -188,7 +236,14 @@ def main(argv: list[str] | None = None) -> int:
     print("offline (onnxruntime direct, preprocessed uint8 batches):")
     print("| batch | images/s |\n|---:|---:|")
     for bs, ips in off["by_batch"].items():
-        print(f"| {bs} | {ips:.1f}{' (best)' if bs == best_bs else ''} |")
+        print(f"| {bs} | {ips:.1f}{' (best)' if ips == best else ''} |")
+    if lanes_ips is not None:
+        lane = off["lanes"]
+        print(
+            f"\n{lane['lanes']} lanes at once ({lane['threads']} thread(s) each, batch {lane['batch']}): "
+            f"{lanes_ips:.1f} images/s{' (best)' if lanes_ips == best else ''}"
+        )
+    print(f"\noffline bar (best of the above): {best:.1f} images/s")
     print(f"\ngraph batch-1 latency p50: {off['batch1_p50_ms']:.1f} ms\n")
     print("service (POST /embed, one 500x375 JPEG per request, JSON base64):")
     print("| clients | requests | ok | images/s | p50 ms | p99 ms | service / offline |")

@@ -1,15 +1,21 @@
-"""Batch → answers: a per-model dynamic batcher on the event loop, feeding one inference thread.
+"""Batch → answers: a per-model dynamic batcher on the event loop, feeding the model's inference threads.
 
-Images of all requests join one bounded queue. A batch runs as soon as the inference thread is free and
+Images of all requests join one bounded queue. A batch runs as soon as an inference lane is free and
 either the batch is full, the oldest image has waited `max_delay_s`, or the image arrived at an idle
 model (a lone request never waits for the window). Answers go back to their request by position, so
 the images of one request may span batches. One failing batch fails only its requests.
+
+Lanes: when nothing runs and the queue holds at most one batch, that batch runs on every intra-op
+thread (`run`: the lowest latency). With more work waiting, up to `lanes` batches run at once, each
+on its share of the threads (`lane_run`): on a CPU that also decodes and serves HTTP, independent
+single-thread runs lose less to preemption than one run whose threads wait for each other.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import deque
@@ -48,7 +54,11 @@ class _Item:
 
 
 class Batcher:
-    """Owns one model's queue and its inference thread; `run` is the graph (an `OnnxRunner.run`)."""
+    """Owns one model's queue and feeds its inference threads (`executor`, one thread per lane).
+
+    `run` is the graph on all of the model's threads (an `OnnxRunner.run`); `lane_run`, if given, is
+    the graph on one lane's share of them, and may be called from `lanes` threads at once.
+    """
 
     def __init__(
         self,
@@ -60,9 +70,13 @@ class Batcher:
         max_delay_s: float,
         max_queue: int,
         metrics: Metrics,
+        lane_run: Callable[[np.ndarray], Outputs] | None = None,
+        lanes: int = 1,
     ) -> None:
         self.model = model
         self._run = run
+        self._lane_run = lane_run if lanes > 1 else None
+        self.lanes = lanes if self._lane_run is not None else 1
         self._executor = executor
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_delay_s
@@ -70,7 +84,9 @@ class Batcher:
         self._metrics = metrics
         self._queue: deque[_Item] = deque()
         self._reserved = 0  # images admitted and still decoding
-        self._busy = False
+        self._running = 0  # batches executing now
+        self._solo = False  # the one running batch has every thread
+        self._batches: set[asyncio.Task[None]] = set()
         self._run_now = False  # the queue's head arrived at an idle model
         self._closing = False
         self._wake = asyncio.Event()
@@ -142,7 +158,7 @@ class Batcher:
         if not self.alive:
             job.future.set_exception(unavailable(f"model {self.model!r} is not serving", "not_ready"))
             return job
-        if not self._busy and not self._queue:
+        if not self._running and not self._queue:
             self._run_now = True
         self._queue.extend(_Item(job, i, p) for i, p in present)
         self._depth.set(len(self._queue))
@@ -164,35 +180,61 @@ class Batcher:
         while True:
             if not self._queue:
                 if self._closing:
-                    return
-                self._wake.clear()
-                await self._wake.wait()
+                    break
+                await self._sleep()
+                continue
+            if self._solo or self._running >= self.lanes:  # every thread is taken
+                await self._sleep()
                 continue
             if len(self._queue) < self.max_batch_size and not self._run_now and not self._closing:
                 waited = time.perf_counter() - self._queue[0].job.enqueued_at
                 if waited < self.max_delay_s:
-                    self._wake.clear()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), self.max_delay_s - waited)
+                    await self._sleep(self.max_delay_s - waited)
                     continue
+            # One batch's worth of work on an idle model: all threads on it. More: fill the lanes.
+            solo = self._lane_run is None or (not self._running and len(self._queue) <= self.max_batch_size)
             n = min(self.max_batch_size, len(self._queue))
             items = [self._queue.popleft() for _ in range(n)]
             self._depth.set(len(self._queue))
             self._run_now = False
-            self._busy = True
-            try:
-                await self._execute(loop, items)
-            finally:
-                self._busy = False
+            self._running += 1
+            self._solo = solo
+            batch = loop.create_task(self._execute(loop, items, solo), name=f"batch:{self.model}")
+            self._batches.add(batch)
+            batch.add_done_callback(functools.partial(self._on_batch_done, items))
+        if self._batches:  # closing: the batches already running finish first
+            await asyncio.gather(*self._batches, return_exceptions=True)
 
-    async def _execute(self, loop: asyncio.AbstractEventLoop, items: list[_Item]) -> None:
+    async def _sleep(self, timeout: float | None = None) -> None:
+        """Until something changes (an image queued, a batch done, closing), or `timeout` passes."""
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout)
+
+    def _on_batch_done(self, items: list[_Item], batch: asyncio.Task[None]) -> None:
+        self._batches.discard(batch)
+        self._running -= 1
+        self._solo = False
+        self._wake.set()
+        if batch.cancelled() or batch.exception() is None:
+            return
+        # `_execute` handles inference errors itself; anything else is a bug, but its requests must
+        # still get an answer rather than wait for their deadline.
+        log.error("batch on model %s failed", self.model, exc_info=batch.exception())
+        error = ServiceError(500, INFERENCE_FAILED, "inference_error")
+        for item in items:
+            if not item.job.future.done():
+                item.job.future.set_exception(error)
+
+    async def _execute(self, loop: asyncio.AbstractEventLoop, items: list[_Item], solo: bool) -> None:
         now = time.perf_counter()
         for item in items:
             self._stage_wait.observe(now - item.job.enqueued_at)
         self._batch_size.observe(len(items))
         try:
+            run = self._run if solo or self._lane_run is None else self._lane_run
             outputs, seconds = await loop.run_in_executor(
-                self._executor, self._infer, [i.pixels for i in items]
+                self._executor, self._infer, run, [i.pixels for i in items]
             )
         except Exception:
             log.exception("batch of %d images on model %s failed", len(items), self.model)
@@ -213,9 +255,10 @@ class Batcher:
             if job.remaining == 0:
                 job.future.set_result(job.results)
 
-    def _infer(self, pixels: list[np.ndarray]) -> tuple[Outputs, float]:
-        """Runs in the model's inference thread: stack (the one copy) and run the graph."""
+    @staticmethod
+    def _infer(run: Callable[[np.ndarray], Outputs], pixels: list[np.ndarray]) -> tuple[Outputs, float]:
+        """Runs in an inference thread: stack (the one copy) and run the graph."""
         batch = np.stack(pixels)
         start = time.perf_counter()
-        outputs = self._run(batch)
+        outputs = run(batch)
         return outputs, time.perf_counter() - start

@@ -21,7 +21,11 @@ log = logging.getLogger("simpool_serve.models")
 
 @dataclass(eq=False)
 class ServedModel:
-    """One model: its manifest, and once loaded its runner, inference thread and batcher."""
+    """One model: its manifest, and once loaded its runners, inference threads and batcher.
+
+    `runner` runs a batch on all of the model's intra-op threads; `lane_runner` (CPU, several lanes)
+    is a second session on a share of them, which the batcher calls from several threads at once.
+    """
 
     name: str
     path: Path
@@ -29,6 +33,7 @@ class ServedModel:
     fingerprint: str
     executor: ThreadPoolExecutor = field(repr=False)
     runner: OnnxRunner | None = None
+    lane_runner: OnnxRunner | None = None
     batcher: Batcher | None = None
 
     @property
@@ -38,8 +43,11 @@ class ServedModel:
         )
 
 
-def discover(model_dir: Path) -> dict[str, ServedModel]:
-    """Reads every `NAME/manifest.json` (+ `model.onnx`) under `model_dir`; refuses a broken repository."""
+def discover(model_dir: Path, inference_threads: int = 1) -> dict[str, ServedModel]:
+    """Reads every `NAME/manifest.json` (+ `model.onnx`) under `model_dir`; refuses a broken repository.
+
+    Each model gets `inference_threads` threads that call its sessions (one per inference lane).
+    """
     if not model_dir.is_dir():
         raise ManifestError(f"model directory {model_dir} does not exist")
     models: dict[str, ServedModel] = {}
@@ -55,7 +63,7 @@ def discover(model_dir: Path) -> dict[str, ServedModel]:
             path=folder / "model.onnx",
             manifest=manifest,
             fingerprint=fingerprint(manifest),
-            executor=ThreadPoolExecutor(1, thread_name_prefix=f"infer-{folder.name}"),
+            executor=ThreadPoolExecutor(inference_threads, thread_name_prefix=f"infer-{folder.name}"),
         )
     if not models:
         raise ManifestError(f"no model folder (NAME/manifest.json + NAME/model.onnx) under {model_dir}")
@@ -75,21 +83,27 @@ def uses_gpu(settings: Settings) -> bool:
     return choose_providers(settings.providers)[0] != CPU
 
 
-def _load_and_warm(model: ServedModel, settings: Settings) -> tuple[OnnxRunner, int]:
-    """In the model's inference thread: create the session, then run every batch size it will see."""
-    runner = OnnxRunner(
-        model.path,
-        settings.providers,
-        settings.resolved_intra_op_threads(gpu=uses_gpu(settings)),
-        spinning=settings.ort_spinning,
-    )
+def _load_and_warm(model: ServedModel, settings: Settings) -> tuple[OnnxRunner, OnnxRunner | None, int]:
+    """In an inference thread: create the session(s), then run each at every batch size it will see."""
+    gpu = uses_gpu(settings)
+    threads = settings.resolved_intra_op_threads(gpu=gpu)
+    runner = OnnxRunner(model.path, settings.providers, threads, spinning=settings.ort_spinning)
     size = model.manifest.input_size
     if runner.input_size is not None and runner.input_size != size:
         raise ValueError(f"{model.path}: graph takes {runner.input_size}px images, manifest says {size}")
+    lane_runner = None
+    if settings.resolved_inference_lanes(gpu=gpu) > 1:
+        # The same graph and provider; only the thread count differs.
+        lane_runner = OnnxRunner(
+            model.path, [runner.provider], settings.lane_threads(gpu=gpu), spinning=settings.ort_spinning
+        )
     max_batch = settings.resolved_max_batch_size(runner.provider)
     for n in range(1, max_batch + 1):
-        runner.run(np.zeros((n, size, size, 3), dtype=np.uint8))
-    return runner, max_batch
+        batch = np.zeros((n, size, size, 3), dtype=np.uint8)
+        runner.run(batch)
+        if lane_runner is not None:
+            lane_runner.run(batch)
+    return runner, lane_runner, max_batch
 
 
 async def load_all(models: dict[str, ServedModel], settings: Settings, metrics: Metrics) -> None:
@@ -97,12 +111,17 @@ async def load_all(models: dict[str, ServedModel], settings: Settings, metrics: 
     loop = asyncio.get_running_loop()
     for model in models.values():
         started = loop.time()
-        runner, max_batch = await loop.run_in_executor(model.executor, _load_and_warm, model, settings)
-        model.runner = runner
+        runner, lane_runner, max_batch = await loop.run_in_executor(
+            model.executor, _load_and_warm, model, settings
+        )
+        model.runner, model.lane_runner = runner, lane_runner
+        lanes = settings.resolved_inference_lanes(gpu=uses_gpu(settings)) if lane_runner else 1
         model.batcher = Batcher(
             model.name,
             runner.run,
             model.executor,
+            lane_run=lane_runner.run if lane_runner else None,
+            lanes=lanes,
             max_batch_size=max_batch,
             max_delay_s=settings.max_batch_delay_ms / 1000.0,
             max_queue=settings.max_queue,
@@ -117,6 +136,7 @@ async def load_all(models: dict[str, ServedModel], settings: Settings, metrics: 
                 "provider": runner.provider,
                 "fingerprint": model.fingerprint,
                 "max_batch_size": max_batch,
+                "inference_lanes": lanes,
                 "seconds": round(loop.time() - started, 3),
             },
         )

@@ -98,6 +98,7 @@ class Service:
                 "cores": available_cores(),
                 "decode_workers": workers,
                 "intra_op_threads_per_model": settings.resolved_intra_op_threads(gpu=gpu),
+                "inference_lanes_per_model": settings.resolved_inference_lanes(gpu=gpu),
                 "inference_threads": len(models),
             },
         )

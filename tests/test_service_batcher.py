@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import threading
 from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -138,6 +139,68 @@ def test_lone_request_does_not_wait_for_the_window(
             await batcher.close()
 
     run(scenario())
+
+
+def test_lanes_run_batches_at_once_and_an_idle_batch_on_every_thread(
+    resnet: tuple[OnnxRunner, Manifest], model_repo: Path, pixels: list[np.ndarray]
+) -> None:
+    """A request at an idle model runs on the all-thread session; a backlog runs on two lanes at once
+    (one single-thread session called from two threads). Every answer matches its image's solo answer."""
+    wide, _ = resnet
+    narrow = OnnxRunner(model_repo / "resnet18" / "model.onnx", ["CPUExecutionProvider"], 1)
+    solo = [wide.run(p[None])["embedding"][0] for p in pixels]
+    calls = {"wide": 0, "lane": 0}
+    active, peak = 0, 0
+    lock = threading.Lock()
+
+    def on_all_threads(batch: np.ndarray) -> dict[str, np.ndarray]:
+        calls["wide"] += 1
+        return wide.run(batch)
+
+    def on_a_lane(batch: np.ndarray) -> dict[str, np.ndarray]:
+        nonlocal active, peak
+        with lock:
+            calls["lane"] += 1
+            active += 1
+            peak = max(peak, active)
+        try:
+            return narrow.run(batch)
+        finally:
+            with lock:
+                active -= 1
+
+    order = [i % len(pixels) for i in range(24)]
+
+    async def scenario() -> tuple[list[Any], list[Any]]:
+        with ThreadPoolExecutor(2) as pool:
+            batcher = Batcher(
+                "resnet18",
+                on_all_threads,
+                pool,
+                max_batch_size=4,
+                max_delay_s=0.01,
+                max_queue=64,
+                metrics=Metrics(4),
+                lane_run=on_a_lane,
+                lanes=2,
+            )
+            batcher.start()
+            batcher.reserve(1)
+            lone = await batcher.submit([pixels[0]]).future
+            assert calls == {"wide": 1, "lane": 0}
+            jobs = []
+            for i in order:
+                batcher.reserve(1)
+                jobs.append(batcher.submit([pixels[i]]))
+            backlog = [(await job.future)[0] for job in jobs]
+            await batcher.close()
+        return lone, backlog
+
+    lone, backlog = run(scenario())
+    np.testing.assert_allclose(lone[0]["embedding"], solo[0], atol=1e-5)
+    assert peak == 2 and calls["lane"] >= 2
+    for i, out in zip(order, backlog, strict=True):
+        assert cosine(out["embedding"], solo[i]) > 0.99999
 
 
 def test_failing_batch_fails_only_its_requests(

@@ -89,6 +89,18 @@ def test_settings_from_env_and_overrides(monkeypatch: pytest.MonkeyPatch) -> Non
     assert auto.resolved_decode_workers() + auto.resolved_intra_op_threads() <= max(cores, 3)
 
 
+def test_inference_lanes_split_the_threads() -> None:
+    """Auto: two lanes on CPU when there are two intra-op threads to split, one on a GPU or one thread."""
+    assert Settings(intra_op_threads=2).resolved_inference_lanes() == 2
+    assert Settings(intra_op_threads=2).lane_threads() == 1
+    assert Settings(intra_op_threads=8).lane_threads() == 4
+    assert Settings(intra_op_threads=1).resolved_inference_lanes() == 1
+    assert Settings(intra_op_threads=8).resolved_inference_lanes(gpu=True) == 1
+    pinned = Settings(intra_op_threads=6, inference_lanes=3)
+    assert (pinned.resolved_inference_lanes(), pinned.lane_threads()) == (3, 2)
+    assert Settings(intra_op_threads=2, inference_lanes=4).lane_threads() == 1  # never below one
+
+
 def test_manifest_tolerates_extra_fields_and_rejects_missing(tmp_path: Path) -> None:
     (tmp_path / "ok.json").write_text(json.dumps({**MANIFEST, "future_field": [1, 2]}))
     m = load_manifest(tmp_path / "ok.json")
