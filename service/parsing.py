@@ -5,6 +5,7 @@ Nothing here decodes an image: the raw payloads (bytes, or base64 text) go to th
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Literal
 
@@ -92,21 +93,30 @@ def describe(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, refused with 413 as soon as it passes `limit` bytes (declared or streamed)."""
+async def read_body(request: Request, limit: int, deadline: float | None = None) -> bytes:
+    """The whole body, refused with 413 as soon as it passes `limit` bytes (declared or streamed).
+
+    `deadline` (event-loop time) bounds the upload too: a client that trickles its body (by accident,
+    or to hold a connection and its buffers) gets 504 when the request's deadline passes.
+    """
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise ServiceError(413, f"request body of {declared} bytes is over the limit of {limit}", "too_large")
     chunks: list[bytes] = []
     size = 0
     try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise ServiceError(413, f"request body is over the limit of {limit} bytes", "too_large")
-            chunks.append(chunk)
+        async with asyncio.timeout_at(deadline):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise ServiceError(413, f"request body is over the limit of {limit} bytes", "too_large")
+                chunks.append(chunk)
     except ClientDisconnect as exc:
         raise ServiceError(499, "client closed the connection while sending", "disconnected") from exc
+    except TimeoutError:
+        raise ServiceError(
+            504, f"request body not received in time ({size} bytes by the request deadline)", "timeout"
+        ) from None
     return b"".join(chunks)
 
 
@@ -195,8 +205,10 @@ def parse_multipart(body: bytes, content_type: str, max_images: int) -> tuple[li
     return collector.images, collector.fields
 
 
-async def parse_request(request: Request, fields_type: type[Fields], limits: Limits) -> Parsed:
-    """Reads and validates an image request; raises `ServiceError` (413, 415, 422) on a bad one."""
+async def parse_request(
+    request: Request, fields_type: type[Fields], limits: Limits, deadline: float | None = None
+) -> Parsed:
+    """Reads and validates an image request; raises `ServiceError` (413, 415, 422, 504) on a bad one."""
     content_type = request.headers.get("content-type", "")
     media = content_type.split(";", 1)[0].strip().lower()
     is_json = media == "application/json" or media.endswith("+json")
@@ -206,7 +218,7 @@ async def parse_request(request: Request, fields_type: type[Fields], limits: Lim
             f"content type {media or '(none)'!r}: use application/json or multipart/form-data",
             "unsupported_media_type",
         )
-    body = await read_body(request, limits.max_request_bytes)
+    body = await read_body(request, limits.max_request_bytes, deadline)
     if is_json:
         try:
             parsed = JSON_MODELS[fields_type].model_validate_json(body)

@@ -32,6 +32,7 @@ from simpool_serve.service.preprocess import (
     decode_image,
     geometry,
     load_original,
+    own_pixel_limit,
     prepare,
 )
 from simpool_serve.service.settings import Settings, available_cores
@@ -103,6 +104,7 @@ class Service:
             },
         )
         self.limits = Limits(settings.max_request_bytes, settings.max_images_per_request)
+        own_pixel_limit()
         self.loaded = False
         self.load_error: str | None = None
 
@@ -157,7 +159,7 @@ class Service:
         """Runs one request through every stage; raises `ServiceError` for the answer's error status."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.request_timeout_s
-        parsed: Parsed = await parse_request(request, fields_type, self.limits)
+        parsed: Parsed = await parse_request(request, fields_type, self.limits, deadline)
         model = self.resolve(parsed.fields.model)
         request.state.model = model.name
         request.state.images = len(parsed.images)

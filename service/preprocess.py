@@ -53,6 +53,17 @@ class Geometry:
     crop: tuple[float, float, float, float]  # left, top, right, bottom
 
 
+def own_pixel_limit() -> None:
+    """Turns off Pillow's process-wide decompression-bomb guard, which `open_image` replaces.
+
+    Pillow refuses images over 2 × `Image.MAX_IMAGE_PIXELS` (about 179 M by default) inside
+    `Image.open`, so a `SIMPOOL_MAX_IMAGE_PIXELS` above that could never take effect. Our limit is
+    checked from the same header, right after `Image.open` and before any pixel is decoded. Called by
+    the service's lifespan, never at import.
+    """
+    Image.MAX_IMAGE_PIXELS = None
+
+
 def open_image(data: bytes, max_pixels: int) -> Image.Image:
     """Identifies the image from its header and checks its size; no pixel is decoded yet."""
     try:

@@ -7,6 +7,7 @@ import io
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -200,6 +201,21 @@ def test_deadline_gives_504_and_drops_the_images(model_repo: Path, logs: Path) -
         assert value(m, "simpool_batch_size_sum", model="resnet18") < 200  # the rest never ran
         assert value(m, "simpool_failures_total", model="resnet18", reason="timeout") == 1
         assert c.get("/readyz").status_code == 200  # and the server is fine
+
+        # A body that trickles in is bounded by the same deadline (no connection held open forever).
+        url = httpx.URL(server.url)
+        with socket.create_connection((url.host, url.port), timeout=10) as sock:
+            sock.sendall(
+                b"POST /embed HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+                b'Content-Length: 100000\r\n\r\n{"images": ["'
+            )
+            started = time.monotonic()
+            reply = b""
+            while b"not received" not in reply and (chunk := sock.recv(65536)):
+                reply += chunk
+        assert reply.startswith(b"HTTP/1.1 504") and b"not received in time" in reply, reply[:300]
+        assert time.monotonic() - started < 5
+        assert c.get("/readyz").status_code == 200
 
 
 # -- graceful shutdown ----------------------------------------------------------------------------

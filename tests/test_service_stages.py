@@ -29,6 +29,8 @@ from simpool_serve.service.preprocess import (
     geometry,
     load,
     load_original,
+    open_image,
+    own_pixel_limit,
 )
 from simpool_serve.service.settings import Settings, available_cores
 
@@ -337,6 +339,19 @@ def png_bomb(width: int, height: int) -> bytes:
     idat = b"".join(comp.compress(row) for _ in range(height)) + comp.flush()
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def test_pixel_limit_above_pillows_own_guard_is_honoured(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pillow alone refuses anything over ~179 M pixels; with the service's limit in charge, a limit
+    of 250 M admits a 196 M-pixel image (read from its header only) and 100 M refuses it."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # restored afterwards
+    bomb = png_bomb(14000, 14000)
+    with pytest.raises(ImageTooLarge):
+        open_image(bomb, 250_000_000)  # Pillow's guard
+    own_pixel_limit()
+    assert open_image(bomb, 250_000_000).size == (14000, 14000)
+    with pytest.raises(ImageTooLarge, match="196000000 pixels, over the limit of 100000000"):
+        open_image(bomb, 100_000_000)
 
 
 def test_decompression_bomb_is_refused_from_the_header() -> None:
