@@ -16,7 +16,7 @@ from simpool_serve.service.auth import bearer_auth
 from simpool_serve.service.errors import ServiceError
 from simpool_serve.service.handlers import install_error_handlers
 from simpool_serve.service.metrics import Metrics
-from simpool_serve.service.models import default_model, discover, load_all, uses_gpu
+from simpool_serve.service.models import default_model, discover, load_all
 from simpool_serve.service.observe import RequestObserver
 from simpool_serve.service.parsing import (
     AttentionFields,
@@ -101,7 +101,7 @@ def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        models = discover(settings.model_dir, settings.resolved_inference_lanes(gpu=uses_gpu(settings)))
+        models = discover(settings.model_dir)
         service = Service(settings, metrics, models, default_model(models, settings.default_model))
         app.state.service = service
         loader = asyncio.create_task(load(service), name="load-models")

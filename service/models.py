@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +31,7 @@ class ServedModel:
     path: Path
     manifest: Manifest
     fingerprint: str
-    executor: ThreadPoolExecutor = field(repr=False)
+    executor: Executor | None = field(default=None, repr=False)  # set by the Service (its threads)
     runner: OnnxRunner | None = None
     lane_runner: OnnxRunner | None = None
     batcher: Batcher | None = None
@@ -43,11 +43,8 @@ class ServedModel:
         )
 
 
-def discover(model_dir: Path, inference_threads: int = 1) -> dict[str, ServedModel]:
-    """Reads every `NAME/manifest.json` (+ `model.onnx`) under `model_dir`; refuses a broken repository.
-
-    Each model gets `inference_threads` threads that call its sessions (one per inference lane).
-    """
+def discover(model_dir: Path) -> dict[str, ServedModel]:
+    """Reads every `NAME/manifest.json` (+ `model.onnx`) under `model_dir`; refuses a broken repository."""
     if not model_dir.is_dir():
         raise ManifestError(f"model directory {model_dir} does not exist")
     models: dict[str, ServedModel] = {}
@@ -63,7 +60,6 @@ def discover(model_dir: Path, inference_threads: int = 1) -> dict[str, ServedMod
             path=folder / "model.onnx",
             manifest=manifest,
             fingerprint=fingerprint(manifest),
-            executor=ThreadPoolExecutor(inference_threads, thread_name_prefix=f"infer-{folder.name}"),
         )
     if not models:
         raise ManifestError(f"no model folder (NAME/manifest.json + NAME/model.onnx) under {model_dir}")
@@ -110,6 +106,7 @@ async def load_all(models: dict[str, ServedModel], settings: Settings, metrics: 
     """Creates the sessions one at a time (peak memory of one load), warms them, starts the batchers."""
     loop = asyncio.get_running_loop()
     for model in models.values():
+        assert model.executor is not None, "the Service gives each model its threads"
         started = loop.time()
         runner, lane_runner, max_batch = await loop.run_in_executor(
             model.executor, _load_and_warm, model, settings

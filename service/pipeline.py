@@ -91,16 +91,28 @@ class Service:
         self.models = models
         self.default = default
         gpu = uses_gpu(settings)
+        lanes = settings.resolved_inference_lanes(gpu=gpu)
+        shared = settings.shared_compute_pool(gpu=gpu)
         workers = settings.resolved_decode_workers(gpu=gpu)
-        self.decode_pool = ThreadPoolExecutor(workers, thread_name_prefix="decode")
+        if shared:  # one thread per core-sized job, decode or inference (see Settings.shared_compute_pool)
+            workers = max(workers, lanes)
+            self.decode_pool = ThreadPoolExecutor(workers, thread_name_prefix="compute")
+        else:
+            self.decode_pool = ThreadPoolExecutor(workers, thread_name_prefix="decode")
+        for model in models.values():
+            model.executor = (
+                self.decode_pool
+                if shared
+                else ThreadPoolExecutor(lanes, thread_name_prefix=f"infer-{model.name}")
+            )
         log.info(
             "thread budget",
             extra={
                 "cores": available_cores(),
                 "decode_workers": workers,
                 "intra_op_threads_per_model": settings.resolved_intra_op_threads(gpu=gpu),
-                "inference_lanes_per_model": settings.resolved_inference_lanes(gpu=gpu),
-                "inference_threads": len(models),
+                "inference_lanes_per_model": lanes,
+                "shared_pool": shared,
             },
         )
         self.limits = Limits(settings.max_request_bytes, settings.max_images_per_request)
@@ -261,7 +273,8 @@ class Service:
                 await model.batcher.close()
         self.decode_pool.shutdown(wait=True)
         for model in self.models.values():
-            model.executor.shutdown(wait=True)
+            if model.executor is not None and model.executor is not self.decode_pool:
+                model.executor.shutdown(wait=True)
 
 
 def _reason(exc: ImageError) -> str:

@@ -137,3 +137,9 @@ class Settings(BaseSettings):
     def lane_threads(self, gpu: bool = False) -> int:
         """Intra-op threads of each lane's session (the lanes split the model's threads)."""
         return max(1, self.resolved_intra_op_threads(gpu=gpu) // self.resolved_inference_lanes(gpu=gpu))
+
+    def shared_compute_pool(self, gpu: bool = False) -> bool:
+        """On CPU with single-thread lanes, decoding and inference share one pool of threads, so the
+        cores are never asked for more work at once than they can run: a decode then waits for a
+        free thread instead of preempting an inference run (measured: +2 % images/s, 2 cores)."""
+        return not gpu and self.resolved_inference_lanes(gpu=gpu) > 1 and self.lane_threads(gpu=gpu) == 1
