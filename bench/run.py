@@ -181,8 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--lanes",
         type=int,
-        default=min(2, os.cpu_count() or 1),
-        help="inference lanes, both sides (the service's CPU default: 2)",
+        help="inference lanes, both sides (default: the service's own choice, 2 on a 2-core CPU, else 1)",
     )
     p.add_argument("--lane-batch", type=int, default=4, help="batch size of the offline lanes run")
     p.add_argument(
@@ -197,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     if shutil.which("hey") is None:
         raise SystemExit("bench needs `hey` (Debian: apt-get install hey)")
 
+    if args.lanes is None:  # the service's automatic choice (Settings.resolved_inference_lanes)
+        args.lanes = 2 if (os.cpu_count() or 1) <= 2 and args.threads >= 2 else 1
     model_dir = args.model_dir / args.model
     manifest = json.loads((model_dir / "manifest.json").read_text())
     size = int(manifest["input_size"])

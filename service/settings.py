@@ -127,12 +127,15 @@ class Settings(BaseSettings):
         return cores if cores <= 2 else max(1, cores - self.resolved_decode_workers())
 
     def resolved_inference_lanes(self, gpu: bool = False) -> int:
-        """On CPU, two batches at once on one thread each beat one batch on two threads once decoding
-        and HTTP share the cores: a preempted thread stalls its partner at every operator (measured:
-        resnet50, 2 cores, 32 clients, 47-48 vs 43-45 images/s). A GPU runs one batch at a time."""
+        """On ≤ 2 cores, two batches at once on one thread each beat one batch on two threads once
+        decoding and HTTP share those cores: a preempted thread stalls its partner at every operator
+        (measured: resnet50, 2 cores, 32 clients, 47-48 vs 43-45 images/s). With more cores the
+        decode pool has cores of its own, and a GPU runs one batch at a time: one lane."""
         if self.inference_lanes:
             return self.inference_lanes
-        return 1 if gpu else min(2, self.resolved_intra_op_threads(gpu=gpu))
+        if gpu or available_cores() > 2:
+            return 1
+        return min(2, self.resolved_intra_op_threads(gpu=gpu))
 
     def lane_threads(self, gpu: bool = False) -> int:
         """Intra-op threads of each lane's session (the lanes split the model's threads)."""

@@ -91,15 +91,21 @@ def test_settings_from_env_and_overrides(monkeypatch: pytest.MonkeyPatch) -> Non
     assert auto.resolved_decode_workers() + auto.resolved_intra_op_threads() <= max(cores, 3)
 
 
-def test_inference_lanes_split_the_threads() -> None:
-    """Auto: two lanes on CPU when there are two intra-op threads to split, one on a GPU or one thread."""
-    assert Settings(intra_op_threads=2).resolved_inference_lanes() == 2
-    assert Settings(intra_op_threads=2).lane_threads() == 1
-    assert Settings(intra_op_threads=8).lane_threads() == 4
+def test_inference_lanes_split_the_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Auto: two single-thread lanes sharing one pool with decoding on a 2-core CPU; one lane with more
+    cores (decoding has cores of its own), on a GPU, or with one thread. Explicit values win."""
+    monkeypatch.setattr("simpool_serve.service.settings.available_cores", lambda: 2)
+    two = Settings()
+    assert (two.resolved_inference_lanes(), two.lane_threads(), two.shared_compute_pool()) == (2, 1, True)
     assert Settings(intra_op_threads=1).resolved_inference_lanes() == 1
-    assert Settings(intra_op_threads=8).resolved_inference_lanes(gpu=True) == 1
+    assert Settings().resolved_inference_lanes(gpu=True) == 1
+    assert not Settings().shared_compute_pool(gpu=True)
+    monkeypatch.setattr("simpool_serve.service.settings.available_cores", lambda: 8)
+    eight = Settings()
+    assert (eight.resolved_inference_lanes(), eight.shared_compute_pool()) == (1, False)
     pinned = Settings(intra_op_threads=6, inference_lanes=3)
     assert (pinned.resolved_inference_lanes(), pinned.lane_threads()) == (3, 2)
+    assert not pinned.shared_compute_pool()
     assert Settings(intra_op_threads=2, inference_lanes=4).lane_threads() == 1  # never below one
 
 
