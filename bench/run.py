@@ -55,12 +55,14 @@ def bench_image(width: int = 500, height: int = 375) -> bytes:
     return buf.getvalue()
 
 
-def offline(model_path: Path, size: int, threads: int, batch_sizes: list[int], seconds: float) -> dict:
+def offline(
+    model_path: Path, size: int, threads: int, batch_sizes: list[int], seconds: float, provider: str
+) -> dict:
     """onnxruntime called directly: images/s per batch size and batch-1 latency."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
-    sess = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(str(model_path), opts, providers=[provider])
     rng = np.random.default_rng(0)
     results: dict[int, float] = {}
     for bs in batch_sizes:
@@ -80,13 +82,15 @@ def offline(model_path: Path, size: int, threads: int, batch_sizes: list[int], s
     return {"by_batch": results, "batch1_p50_ms": statistics.median(lat) * 1e3}
 
 
-def offline_lanes(model_path: Path, size: int, lanes: int, threads: int, batch: int, seconds: float) -> float:
+def offline_lanes(
+    model_path: Path, size: int, lanes: int, threads: int, batch: int, seconds: float, provider: str
+) -> float:
     """onnxruntime called directly from `lanes` threads at once, one session of `threads` threads each
     lane shares (the service's layout under load): images/s at `batch`."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
-    sess = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(str(model_path), opts, providers=[provider])
     x = np.random.default_rng(0).integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
     sess.run(None, {"images": x})
     counts = [0] * lanes
@@ -185,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--lane-batch", type=int, default=4, help="batch size of the offline lanes run")
     p.add_argument(
+        "--provider", default="CPUExecutionProvider", help="provider, both sides (CUDA: add --lanes 1)"
+    )
+    p.add_argument(
         "--recheck-seconds",
         type=float,
         default=4.0,
@@ -202,14 +209,21 @@ def main(argv: list[str] | None = None) -> int:
     manifest = json.loads((model_dir / "manifest.json").read_text())
     size = int(manifest["input_size"])
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
-    off = offline(model_dir / "model.onnx", size, args.threads, batch_sizes, args.offline_seconds)
+    graph = model_dir / "model.onnx"
+    off = offline(graph, size, args.threads, batch_sizes, args.offline_seconds, args.provider)
     best = max(off["by_batch"].values())
     best_bs = max(off["by_batch"], key=lambda b: off["by_batch"][b])
     lanes_ips = None
     if args.lanes > 1:
         per_lane = max(1, args.threads // args.lanes)
         lanes_ips = offline_lanes(
-            model_dir / "model.onnx", size, args.lanes, per_lane, args.lane_batch, args.offline_seconds
+            model_dir / "model.onnx",
+            size,
+            args.lanes,
+            per_lane,
+            args.lane_batch,
+            args.offline_seconds,
+            args.provider,
         )
         off["lanes"] = {
             "lanes": args.lanes,
@@ -224,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     body = tmp / "body.json"
     body.write_text(json.dumps({"images": [base64.b64encode(bench_image()).decode()], "model": args.model}))
     env = {
-        "SIMPOOL_PROVIDERS": "CPUExecutionProvider",
+        "SIMPOOL_PROVIDERS": args.provider,
         "SIMPOOL_INTRA_OP_THREADS": str(args.threads),
         "SIMPOOL_INFERENCE_LANES": str(args.lanes),
         "SIMPOOL_MAX_QUEUE": "1024",
@@ -236,11 +250,12 @@ def main(argv: list[str] | None = None) -> int:
         minutes (shared virtual CPUs), and the ratio should compare like with like."""
         if not args.recheck_seconds:
             return best
-        graph, secs = model_dir / "model.onnx", args.recheck_seconds
-        bar = offline(graph, size, args.threads, [best_bs], secs)["by_batch"][best_bs]
+        secs = args.recheck_seconds
+        bar = offline(graph, size, args.threads, [best_bs], secs, args.provider)["by_batch"][best_bs]
         if args.lanes > 1:
             per_lane = max(1, args.threads // args.lanes)
-            bar = max(bar, offline_lanes(graph, size, args.lanes, per_lane, args.lane_batch, secs))
+            lane_bar = offline_lanes(graph, size, args.lanes, per_lane, args.lane_batch, secs, args.provider)
+            bar = max(bar, lane_bar)
         return bar
 
     rows = []
