@@ -214,8 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     best = max(off["by_batch"].values())
     best_bs = max(off["by_batch"], key=lambda b: off["by_batch"][b])
     lanes_ips = None
+    per_lane = max(1, args.threads // args.lanes)  # intra-op threads of each lane, as the service splits them
     if args.lanes > 1:
-        per_lane = max(1, args.threads // args.lanes)
         lanes_ips = offline_lanes(
             model_dir / "model.onnx",
             size,
@@ -253,7 +253,6 @@ def main(argv: list[str] | None = None) -> int:
         secs = args.recheck_seconds
         bar = offline(graph, size, args.threads, [best_bs], secs, args.provider)["by_batch"][best_bs]
         if args.lanes > 1:
-            per_lane = max(1, args.threads // args.lanes)
             lane_bar = offline_lanes(graph, size, args.lanes, per_lane, args.lane_batch, secs, args.provider)
             bar = max(bar, lane_bar)
         return bar

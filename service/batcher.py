@@ -84,9 +84,8 @@ class Batcher:
         self._metrics = metrics
         self._queue: deque[_Item] = deque()
         self._reserved = 0  # images admitted and still decoding
-        self._running = 0  # batches executing now
+        self._batches: set[asyncio.Task[None]] = set()  # batches executing now
         self._solo = False  # the one running batch has every thread
-        self._batches: set[asyncio.Task[None]] = set()
         self._run_now = False  # the queue's head arrived at an idle model
         self._closing = False
         self._wake = asyncio.Event()
@@ -158,7 +157,7 @@ class Batcher:
         if not self.alive:
             job.future.set_exception(unavailable(f"model {self.model!r} is not serving", "not_ready"))
             return job
-        if not self._running and not self._queue:
+        if not self._batches and not self._queue:
             self._run_now = True
         self._queue.extend(_Item(job, i, p) for i, p in present)
         self._depth.set(len(self._queue))
@@ -183,7 +182,7 @@ class Batcher:
                     break
                 await self._sleep()
                 continue
-            if self._solo or self._running >= self.lanes:  # every thread is taken
+            if self._solo or len(self._batches) >= self.lanes:  # every thread is taken
                 await self._sleep()
                 continue
             if len(self._queue) < self.max_batch_size and not self._run_now and not self._closing:
@@ -192,12 +191,11 @@ class Batcher:
                     await self._sleep(self.max_delay_s - waited)
                     continue
             # One batch's worth of work on an idle model: all threads on it. More: fill the lanes.
-            solo = self._lane_run is None or (not self._running and len(self._queue) <= self.max_batch_size)
+            solo = self._lane_run is None or (not self._batches and len(self._queue) <= self.max_batch_size)
             n = min(self.max_batch_size, len(self._queue))
             items = [self._queue.popleft() for _ in range(n)]
             self._depth.set(len(self._queue))
             self._run_now = False
-            self._running += 1
             self._solo = solo
             batch = loop.create_task(self._execute(loop, items, solo), name=f"batch:{self.model}")
             self._batches.add(batch)
@@ -213,7 +211,6 @@ class Batcher:
 
     def _on_batch_done(self, items: list[_Item], batch: asyncio.Task[None]) -> None:
         self._batches.discard(batch)
-        self._running -= 1
         self._solo = False
         self._wake.set()
         if batch.cancelled() or batch.exception() is None:

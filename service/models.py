@@ -79,20 +79,21 @@ def uses_gpu(settings: Settings) -> bool:
     return choose_providers(settings.providers)[0] != CPU
 
 
-def _load_and_warm(model: ServedModel, settings: Settings) -> tuple[OnnxRunner, OnnxRunner | None, int]:
-    """In an inference thread: create the session(s), then run each at every batch size it will see."""
-    gpu = uses_gpu(settings)
-    threads = settings.resolved_intra_op_threads(gpu=gpu)
+def _load_and_warm(
+    model: ServedModel, settings: Settings, threads: int, lane_threads: int | None
+) -> tuple[OnnxRunner, OnnxRunner | None, int]:
+    """In an inference thread: create the session(s), then run each at every batch size it will see.
+
+    The thread counts come resolved from the event loop: `available_cores()` reads the calling
+    thread's affinity, which an inference thread need not share.
+    """
     runner = OnnxRunner(model.path, settings.providers, threads, spinning=settings.ort_spinning)
     size = model.manifest.input_size
     if runner.input_size is not None and runner.input_size != size:
         raise ValueError(f"{model.path}: graph takes {runner.input_size}px images, manifest says {size}")
     lane_runner = None
-    if settings.resolved_inference_lanes(gpu=gpu) > 1:
-        # The same graph and provider; only the thread count differs.
-        lane_runner = OnnxRunner(
-            model.path, [runner.provider], settings.lane_threads(gpu=gpu), spinning=settings.ort_spinning
-        )
+    if lane_threads is not None:  # the same graph and provider; only the thread count differs
+        lane_runner = OnnxRunner(model.path, [runner.provider], lane_threads, spinning=settings.ort_spinning)
     max_batch = settings.resolved_max_batch_size(runner.provider)
     for n in range(1, max_batch + 1):
         batch = np.zeros((n, size, size, 3), dtype=np.uint8)
@@ -105,14 +106,17 @@ def _load_and_warm(model: ServedModel, settings: Settings) -> tuple[OnnxRunner, 
 async def load_all(models: dict[str, ServedModel], settings: Settings, metrics: Metrics) -> None:
     """Creates the sessions one at a time (peak memory of one load), warms them, starts the batchers."""
     loop = asyncio.get_running_loop()
+    gpu = uses_gpu(settings)
+    threads = settings.resolved_intra_op_threads(gpu=gpu)
+    lanes = settings.resolved_inference_lanes(gpu=gpu)
+    lane_threads = settings.lane_threads(gpu=gpu) if lanes > 1 else None
     for model in models.values():
         assert model.executor is not None, "the Service gives each model its threads"
         started = loop.time()
         runner, lane_runner, max_batch = await loop.run_in_executor(
-            model.executor, _load_and_warm, model, settings
+            model.executor, _load_and_warm, model, settings, threads, lane_threads
         )
         model.runner, model.lane_runner = runner, lane_runner
-        lanes = settings.resolved_inference_lanes(gpu=uses_gpu(settings)) if lane_runner else 1
         model.batcher = Batcher(
             model.name,
             runner.run,
