@@ -194,12 +194,12 @@ def test_multipart_with_a_flood_of_parts_is_refused_early() -> None:
     boundary = ctype.split("boundary=")[1].encode()
     part = b"--" + boundary + b'\r\nContent-Disposition: form-data; name="f"\r\n\r\nv\r\n'
     head, _, _ = body.rpartition(b"--" + boundary + b"--")
-    flood = head + part * 200_000 + b"--" + boundary + b"--\r\n"
+    flood = head + part * 1_000_000 + b"--" + boundary + b"--\r\n"  # ~70 MB: seconds to parse whole
     start = time.perf_counter()
     with pytest.raises(ServiceError) as exc:
         parse_multipart(flood, ctype, max_images=8)
     assert exc.value.status == 422 and "parts" in exc.value.detail
-    assert time.perf_counter() - start < 0.5
+    assert time.perf_counter() - start < 2  # stopped at the limit, not after the whole body
 
 
 # -- preprocessing --------------------------------------------------------------------------------
