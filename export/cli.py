@@ -1,7 +1,9 @@
 """`simpool-export`: checkpoint (or random init) -> verified model.onnx + manifest.json (CONTRACT §2).
 
 Exit codes: 0 written and verified; 1 the parity gate failed (nothing is left behind);
-2 bad arguments, or a checkpoint that is refused, unreadable or does not match the model.
+2 bad arguments, or a checkpoint that is refused, unreadable or does not match the model;
+3 the exporter itself failed (a bug: the traceback is printed, nothing is left behind). Scripts
+can tell "this model does not verify" (1) from "fix the command" (2) from "report this" (3).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import argparse
 import copy
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,6 +22,9 @@ if TYPE_CHECKING:
 
 EXIT_PARITY = 1
 EXIT_USAGE = 2
+EXIT_INTERNAL = 3
+# ViT's attention needs opset 14 (scaled_dot_product_attention); the top is onnx's newest opset.
+MIN_OPSET = 14
 DEFAULT_OPSET = 18  # keep in step with simpool_serve.export.graph.DEFAULT_OPSET (a test checks it)
 
 
@@ -116,15 +122,22 @@ def run(args: argparse.Namespace) -> int:
         graph = ServingGraph(copy.deepcopy(model).half(), pre.mean, pre.std).half().eval()
 
     out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"cannot create --out {out}: {exc.strerror or exc}") from None
     onnx_path, manifest_path = out / "model.onnx", out / "manifest.json"
     manifest_path.unlink(missing_ok=True)  # never leave a manifest that describes another graph
-    export_onnx(graph, onnx_path, config.image_size, args.opset)
-    onnx.checker.check_model(str(onnx_path), full_check=True)
-    print(f"wrote {onnx_path} ({onnx_path.stat().st_size / 1e6:.1f} MB, opset {args.opset})")
+    try:
+        export_onnx(graph, onnx_path, config.image_size, args.opset)
+        onnx.checker.check_model(str(onnx_path), full_check=True)
+        print(f"wrote {onnx_path} ({onnx_path.stat().st_size / 1e6:.1f} MB, opset {args.opset})")
+        errors = check_parity(onnx_path, reference, config.image_size)
+    except BaseException:
+        onnx_path.unlink(missing_ok=True)  # a graph that was never verified is not left behind
+        raise
 
     tolerance = FP16_TOLERANCE if args.fp16 else FP32_TOLERANCE
-    errors = check_parity(onnx_path, reference, config.image_size)
     report = ", ".join(f"{k} {v:.2e}" for k, v in errors.items())
     print(f"parity (onnxruntime CPU vs PyTorch fp32, batch 1 and 3), worst relative error: {report}")
     if any(v > tolerance for v in errors.values()):
@@ -164,6 +177,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("pass exactly one of --checkpoint or --random-init")
     if args.image_size is not None and args.image_size < 32:
         parser.error("--image-size must be at least 32")
+    import onnx
+
+    if not MIN_OPSET <= args.opset <= onnx.defs.onnx_opset_version():
+        parser.error(f"--opset must be between {MIN_OPSET} and {onnx.defs.onnx_opset_version()}")
     from simpool_serve.models.safe_load import CheckpointError
 
     try:
@@ -171,6 +188,14 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, ValueError) as exc:  # refused, unreadable, mismatched, unsupported arch
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except Exception:
+        traceback.print_exc()
+        print(
+            "error: the exporter failed unexpectedly (the traceback is above; "
+            "no unverified graph was left in --out); please report it",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

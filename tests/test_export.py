@@ -204,6 +204,7 @@ def test_convnext_options(tmp_path: Path) -> None:
         (["--arch", "no_such_net", "--random-init"], "unknown timm architecture"),
         (["--arch", "efficientnet_b0", "--random-init"], "not a timm ResNet, ConvNeXt or ViT"),
         (["--arch", "resnet18", "--random-init", "--gamma", "big"], "expected a number or 'none'"),
+        (["--arch", "vit_tiny_patch16_224", "--random-init", "--opset", "13"], "--opset must be between 14"),
     ],
 )
 def test_usage_errors_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
@@ -241,3 +242,30 @@ def test_parity_failure_exits_1_and_leaves_nothing(
     assert code == 1
     assert "embedding 3.00e-04" in capsys.readouterr().out
     assert not (out / "model.onnx").exists() and not (out / "manifest.json").exists()
+
+
+def test_exporter_crash_exits_3_with_traceback_and_leaves_no_graph(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A failure inside the exporter is not a parity failure (1) or a usage error (2): scripts can
+    tell "report this" apart, and a half-written graph is removed."""
+    from simpool_serve.export import cli, graph
+
+    def broken_export(model: object, path: Path, *args: object) -> None:
+        path.write_bytes(b"half a graph")
+        raise RuntimeError("exporter bug")
+
+    monkeypatch.setattr(graph, "export_onnx", broken_export)
+    out = tmp_path / "crash"
+    code = cli.main(["--arch", "resnet18", "--random-init", "--num-classes", "0", "--out", str(out)])
+    assert code == 3
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "RuntimeError: exporter bug" in err and "failed unexpectedly" in err
+    assert not (out / "model.onnx").exists() and not (out / "manifest.json").exists()
+
+
+def test_out_that_cannot_be_created_is_a_usage_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a folder")
+    proc = run_export(tmp_path / "file" / "out", "--arch", "resnet18", "--random-init", check=False)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "cannot create --out" in proc.stderr
