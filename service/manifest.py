@@ -58,6 +58,15 @@ def load_manifest(path: Path | str) -> Manifest:
         raise ManifestError(f"{path}: invalid manifest: {exc}") from exc
 
 
+def sha256_file(path: Path) -> str:
+    """The file's sha256, read in 1 MiB blocks (graphs are hundreds of MB); as the exporter computes it."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def fingerprint(manifest: Manifest) -> str:
     """A short stable hash of the graph and the preprocessing: equal fingerprints give equal embeddings.
 

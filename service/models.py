@@ -11,12 +11,20 @@ from pathlib import Path
 import numpy as np
 
 from simpool_serve.service.batcher import Batcher
-from simpool_serve.service.manifest import Manifest, ManifestError, fingerprint, load_manifest
+from simpool_serve.service.manifest import Manifest, ManifestError, fingerprint, load_manifest, sha256_file
 from simpool_serve.service.metrics import Metrics
 from simpool_serve.service.runner import CPU, OnnxRunner, choose_providers
 from simpool_serve.service.settings import Settings
 
 log = logging.getLogger("simpool_serve.models")
+
+
+class ModelMismatchError(ValueError):
+    """A model.onnx that is not the graph its manifest.json describes.
+
+    The fingerprint hashes the manifest, so serving such a folder would answer under another model's
+    fingerprint, and a retrieval index would mix vectors of different computations.
+    """
 
 
 @dataclass(eq=False)
@@ -79,14 +87,54 @@ def uses_gpu(settings: Settings) -> bool:
     return choose_providers(settings.providers)[0] != CPU
 
 
+def check_graph_file(path: Path, manifest: Manifest) -> None:
+    """Refuses a model.onnx whose bytes are not the ones the manifest's `onnx_sha256` names."""
+    actual = sha256_file(path)
+    expected = manifest.onnx_sha256.strip().lower()
+    if actual != expected:
+        raise ModelMismatchError(
+            f"{path.parent}: model.onnx is not the graph manifest.json describes "
+            f"(its sha256 is {actual[:12]}..., the manifest's onnx_sha256 is {expected[:12]}...); "
+            "re-export the model, or copy model.onnx and manifest.json together"
+        )
+
+
+def check_outputs(path: Path, manifest: Manifest, outputs: dict[str, np.ndarray]) -> None:
+    """Refuses a graph whose real output shapes (batch of 1) contradict the manifest's fields.
+
+    The hash proves the file; this proves the manifest's description of it, which `/embed` (`dim`),
+    `/attention` (`grid`) and `/classify` (`num_classes`, labels) answer with.
+    """
+    m = manifest
+    wrong: list[str] = []
+    width = outputs["embedding"].shape[1:]
+    if width != (m.embedding_dim,):
+        wrong.append(f"embedding is {list(width)} wide, embedding_dim says {m.embedding_dim}")
+    grid = outputs["attention"].shape[1:]
+    if grid != tuple(m.grid):
+        wrong.append(f"attention is {list(grid)}, grid says {list(m.grid)}")
+    logits = outputs.get("logits")
+    if m.num_classes > 0 and (logits is None or logits.shape[1:] != (m.num_classes,)):
+        got = "no logits output" if logits is None else f"logits {list(logits.shape[1:])} wide"
+        wrong.append(f"{got}, num_classes says {m.num_classes}")
+    elif m.num_classes == 0 and logits is not None:
+        wrong.append(f"logits {list(logits.shape[1:])} wide, num_classes says 0 (no classifier)")
+    if wrong:
+        raise ModelMismatchError(
+            f"{path.parent}: manifest.json does not describe model.onnx: {'; '.join(wrong)}; "
+            "re-export the model rather than editing its manifest"
+        )
+
+
 def _load_and_warm(
     model: ServedModel, settings: Settings, threads: int, lane_threads: int | None
 ) -> tuple[OnnxRunner, OnnxRunner | None, int]:
-    """In an inference thread: create the session(s), then run each at every batch size it will see.
+    """In an inference thread: verify the graph, create the session(s), run each at every batch size.
 
     The thread counts come resolved from the event loop: `available_cores()` reads the calling
     thread's affinity, which an inference thread need not share.
     """
+    check_graph_file(model.path, model.manifest)  # first: a wrong graph is refused before its session
     runner = OnnxRunner(model.path, settings.providers, threads, spinning=settings.ort_spinning)
     size = model.manifest.input_size
     if runner.input_size is not None and runner.input_size != size:
@@ -97,7 +145,9 @@ def _load_and_warm(
     max_batch = settings.resolved_max_batch_size(runner.provider)
     for n in range(1, max_batch + 1):
         batch = np.zeros((n, size, size, 3), dtype=np.uint8)
-        runner.run(batch)
+        outputs = runner.run(batch)
+        if n == 1:
+            check_outputs(model.path, model.manifest, outputs)
         if lane_runner is not None:
             lane_runner.run(batch)
     return runner, lane_runner, max_batch

@@ -195,3 +195,17 @@ def test_strict_server_key_limits_and_local_limits(
     assert main(argv) == 1
     assert summary(capsys.readouterr().out) == (len(photos) - 1, 0, 1)
     assert rows(local).keys() == rows(out).keys()
+
+
+def test_local_refuses_a_graph_its_manifest_does_not_name(
+    model_repo: Path, photos: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--local writes the manifest's fingerprint into every row: a swapped model.onnx must stop it."""
+    swapped = tmp_path / "repo" / "resnet18"
+    swapped.mkdir(parents=True)
+    shutil.copy(model_repo / "resnet18" / "manifest.json", swapped / "manifest.json")
+    shutil.copy(model_repo / "vit_tiny" / "model.onnx", swapped / "model.onnx")
+    src = make_source(photos, tmp_path / "src", broken=False)
+    out = tmp_path / "o.parquet"
+    assert main([str(src), "--out", str(out), "--local", str(swapped), "--no-progress"]) == 2
+    assert "is not the graph manifest.json describes" in capsys.readouterr().err and not out.exists()
