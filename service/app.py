@@ -122,6 +122,9 @@ def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None
         version="0.1.0",
         description="Embeddings, attention maps and classes of SimPool models, with ONNX Runtime.",
         lifespan=lifespan,
+        # No 307 from `/embed/` to `/embed`: a client following it would send its (up to 100 MB) body
+        # twice. A path with a trailing slash is an unknown path, answered 404 like any other.
+        redirect_slashes=False,
     )
     app.add_middleware(RequestObserver, metrics=metrics)
     require_key = bearer_auth(settings.api_key.get_secret_value() if settings.api_key else None)
@@ -251,7 +254,10 @@ def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None
         ]
         return Response(encoding.json_bytes({"models": listing}), media_type="application/json")
 
+    # HEAD as well as GET: load balancers and some probes check with HEAD (same status, no body).
+    # The HEAD routes stay out of the OpenAPI schema: one operation id per function, and nothing new to say.
     @app.get("/healthz", summary="Liveness", response_model=StatusOut)
+    @app.head("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
@@ -262,6 +268,7 @@ def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None
         response_model=StatusOut,
         responses={503: {"model": ErrorOut, "description": "Not ready (loading, or a model stopped)."}},
     )
+    @app.head("/readyz", include_in_schema=False)
     async def readyz(request: Request) -> JSONResponse:
         reason = service_of(request).not_ready_reason()
         if reason is not None:

@@ -23,7 +23,13 @@ class Fields(BaseModel):
 
     model_config = ConfigDict(extra="ignore", protected_namespaces=())
 
-    model: str | None = Field(None, description="Model name (see `GET /models`); default: the default model.")
+    # An empty name is refused (422), not taken as "the default": `-F model=$UNSET` or `"model": ""` is
+    # almost always a client bug, and answering it from another model would hide that.
+    model: str | None = Field(
+        None,
+        min_length=1,
+        description="Model name (see `GET /models`); omitted or null: the default model.",
+    )
     on_error: OnError = Field(
         "fail",
         description="`fail`: one bad image fails the request (400/413 naming its index). "
@@ -220,8 +226,10 @@ async def parse_request(
         )
     body = await read_body(request, limits.max_request_bytes, deadline)
     if is_json:
+        # Strict: JSON has real booleans and integers, so `"top_k": true` or `"normalize": "yes"` is a
+        # client bug to report (422), not a value to coerce. Form fields below are text and stay lax.
         try:
-            parsed = JSON_MODELS[fields_type].model_validate_json(body)
+            parsed = JSON_MODELS[fields_type].model_validate_json(body, strict=True)
         except ValidationError as exc:
             raise _invalid(describe(exc)) from exc
         images: list[bytes | str] = list(parsed.images)  # type: ignore[attr-defined]
@@ -232,7 +240,7 @@ async def parse_request(
     if not files:
         raise _invalid("no file part named 'images' in the multipart body")
     try:
-        fields = fields_type.model_validate(form)
+        fields = fields_type.model_validate(form)  # lax: form values are strings ("5", "true")
     except ValidationError as exc:
         raise _invalid(describe(exc)) from exc
     return Parsed(list(files), fields)

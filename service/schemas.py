@@ -69,12 +69,13 @@ class StatusOut(BaseModel):
 
 
 _ERRORS: dict[int, str] = {
-    400: "An image (or its base64) could not be decoded, or the model cannot answer this endpoint.",
+    400: "An image (or its base64 / data URI) could not be decoded; the detail names its index.",
     401: "Missing or wrong API key (`Authorization: Bearer <key>`), when the server has one.",
     404: "Unknown model.",
     413: "Too many images, bytes or pixels.",
     415: "Content type other than application/json or multipart/form-data.",
-    422: "Malformed body or parameter, or a request this model cannot serve (classify without logits).",
+    422: "Malformed body or parameter (bad JSON, a field of the wrong JSON type, an empty `model`), "
+    "or `/classify` on a model without a classifier.",
     500: "Inference failed; the details are in the server log.",
     503: "Queue full or not ready yet; retry after `Retry-After` seconds.",
     504: "The request deadline (`SIMPOOL_REQUEST_TIMEOUT_S`) passed.",

@@ -5,14 +5,16 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import random
+import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-from conftest import Server
+from conftest import BIN, Server
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 from test_service_stages import png_bomb
@@ -168,6 +170,10 @@ def test_on_error_fail_and_skip(server: Server, photos: dict[str, Path]) -> None
         ({"json": {"images": [1, 2]}}, 422, "images.0"),
         ({"json": {"images": ["AAAA"], "normalize": "maybe"}}, 422, "normalize"),
         ({"json": {"images": ["AAAA"], "on_error": "ignore"}}, 422, "on_error"),
+        ({"json": {"images": ["AAAA"], "normalize": "yes"}}, 422, "normalize"),
+        ({"json": {"images": ["AAAA"], "normalize": 1}}, 422, "normalize"),
+        ({"json": {"images": ["AAAA"], "model": ""}}, 422, "model"),
+        ({"files": {"images": b"AAAA"}, "data": {"model": ""}}, 422, "model"),
         ({"json": {"images": ["AAAA"] * 65}}, 413, "65 images"),
         ({"files": {"model": (None, "resnet18")}}, 422, "images"),
         ({"json": {"images": [base64.b64encode(b"GIF89a junk").decode()]}}, 400, "image 0"),
@@ -290,3 +296,67 @@ def test_one_log_line_per_request(server: Server, photos: dict[str, Path]) -> No
     last = requests[-1]
     assert last["model"] == "vit_tiny" and last["images"] == 3 and last["status"] == 200
     assert last["duration_ms"] > 0 and last["method"] == "POST"
+
+
+def test_json_fields_take_their_json_type_only(server: Server, photos: dict[str, Path]) -> None:
+    """In JSON, `"top_k": true` is not 1 nor `"normalize": "false"` false (422 naming the field); form
+    fields are text, so there `top_k=2` and `normalize=false` still convert."""
+    path = photos["coffee.jpg"]
+    with server.client() as c:
+        wrong = [c.post("/classify", json={"images": [b64(path)], "top_k": k}) for k in (True, "2", 2.0)]
+        wrong.append(c.post("/embed", json={"images": [b64(path)], "normalize": "false"}))
+        as_json = c.post("/classify", json={"images": [b64(path)], "top_k": 2, "model": None})
+        form = c.post("/classify", files={"images": path.read_bytes()}, data={"top_k": "2"})
+        form_raw = c.post("/embed", files={"images": path.read_bytes()}, data={"normalize": "false"})
+    for r, field in zip(wrong, ["top_k"] * 3 + ["normalize"], strict=True):
+        assert r.status_code == 422 and r.json()["detail"].startswith(field), r.text
+    assert as_json.status_code == 200 and len(as_json.json()["predictions"][0]) == 2
+    assert [p["index"] for p in form.json()["predictions"][0]] == [
+        p["index"] for p in as_json.json()["predictions"][0]
+    ]
+    assert form_raw.json()["normalized"] is False
+
+
+def test_trailing_slash_is_a_404_not_a_redirect(server: Server, photos: dict[str, Path]) -> None:
+    """A 307 to `/embed` would make a client send its (up to 100 MB) body twice."""
+    with server.client() as c:
+        before = metric_values(c)
+        embed = c.post("/embed/", json={"images": [b64(photos["coffee.jpg"])]})
+        probe = c.get("/healthz/")
+        after = metric_values(c)
+        assert all(c.get(p).status_code == 200 for p in ("/docs", "/openapi.json", "/metrics", "/healthz"))
+    for r in (embed, probe):
+        assert r.status_code == 404 and "location" not in r.headers and r.json()["detail"], r.text
+    counted = value(after, "simpool_requests_total", endpoint="other", model="", code="404")
+    assert counted - value(before, "simpool_requests_total", endpoint="other", model="", code="404") == 2
+
+
+def test_probes_answer_head(server: Server) -> None:
+    """Load balancers probe with HEAD: the same status and headers as GET, no body."""
+    with server.client() as c:
+        for path in ("/healthz", "/readyz"):
+            get, head = c.get(path), c.head(path)
+            assert head.status_code == get.status_code == 200 and head.content == b""
+            assert head.headers["content-type"] == get.headers["content-type"] == "application/json"
+            assert head.headers["content-length"] == get.headers["content-length"]
+
+
+def test_openapi_error_descriptions_match_the_answers(server: Server, photos: dict[str, Path]) -> None:
+    with server.client() as c:
+        spec = c.get("/openapi.json").json()
+        no_head = c.post("/classify", json={"images": [b64(photos["coffee.jpg"])], "model": "vit_tiny"})
+    responses = spec["paths"]["/classify"]["post"]["responses"]
+    assert no_head.status_code == 422 and "classifier" in responses["422"]["description"]
+    assert "decoded" in responses["400"]["description"] and "model" not in responses["400"]["description"]
+    assert "head" not in spec["paths"]["/healthz"]  # HEAD is answered, not listed twice
+
+
+def test_a_missing_provider_exits_3_as_documented(model_repo: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SIMPOOL_")}
+    env["SIMPOOL_PROVIDERS"] = "NoSuchExecutionProvider"
+    cmd = [str(BIN / "simpool-serve"), "--model-dir", str(model_repo), "--host", "127.0.0.1", "--port", "0"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 3 and "NoSuchExecutionProvider" in done.stderr
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "service.md").read_text()
+    providers = next(p for p in docs.split("\n\n") if p.startswith("Providers:"))
+    assert "exit with code 3" in " ".join(providers.split())

@@ -11,12 +11,15 @@ import sys
 import time
 import zlib
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 from PIL import Image
 
+from simpool_serve.service.app import create_app
 from simpool_serve.service.encoding import attention_maps, attention_png, embeddings, json_bytes, predictions
 from simpool_serve.service.errors import ServiceError
 from simpool_serve.service.manifest import Manifest, ManifestError, fingerprint, load_manifest
@@ -500,3 +503,17 @@ def test_service_never_imports_torch_or_timm() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_readyz_head_says_503_while_loading_too(tmp_path: Path) -> None:
+    """A load balancer probing with HEAD must see "not ready" as GET does: 503, `Retry-After`, no body."""
+    app = create_app(Settings(model_dir=tmp_path))
+    reasons = ["models are loading", None]
+    app.state.service = SimpleNamespace(not_ready_reason=lambda: reasons[0])  # no lifespan: nothing loads
+    client = TestClient(app)
+    for status in (503, 200):
+        get, head = client.get("/readyz"), client.head("/readyz")
+        assert head.status_code == get.status_code == status and head.content == b""
+        assert head.headers.get("retry-after") == get.headers.get("retry-after")
+        reasons.pop(0)
+    assert client.head("/healthz").status_code == 200
