@@ -192,9 +192,12 @@ def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None
             result, ov = outcome.results[0], outcome.overlay
             assert result is not None and ov is not None  # a bad image failed the request already
             loop = asyncio.get_running_loop()
-            body = await loop.run_in_executor(
-                service.decode_pool, encoding.attention_png, ov.original, ov.geometry, result["attention"]
-            )
+            try:
+                body = await loop.run_in_executor(
+                    service.decode_pool, encoding.attention_png, ov.original, ov.geometry, result["attention"]
+                )
+            finally:
+                ov.release()
             media = "image/png"
         else:
             grid = list(outcome.model.manifest.grid)

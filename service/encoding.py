@@ -100,6 +100,7 @@ def _heat_colours(values: np.ndarray) -> np.ndarray:
 
 
 _HEAT_LUT = _heat_colours(np.arange(256) / 255.0)  # the heat map is 8-bit: a colour per level
+_BAND_ROWS = 512  # rows blended at a time: 2 × 43 MB of float32 for a 7000-pixel-wide crop
 
 
 def attention_png(original: Image.Image, geo: Geometry, attention: np.ndarray, alpha: float = 0.5) -> bytes:
@@ -118,18 +119,20 @@ def attention_png(original: Image.Image, geo: Geometry, attention: np.ndarray, a
     full_w, full_h = max(1, round(right - left)), max(1, round(bottom - top))
     heat = Image.fromarray((norm * 255).astype(np.uint8)).resize((full_w, full_h), Image.Resampling.BILINEAR)
     heat = heat.crop((x0 - round(left), y0 - round(top), x1 - round(left), y1 - round(top)))
-    # In uint8, with float32 only over the crop: float64 copies of a 50-megapixel photograph took ~30x
-    # its size (4.5 GB for one request).
+    # In uint8, with float32 only over a band of rows at a time: float64 copies of a 50-megapixel
+    # photograph took ~30x its size (4.5 GB for one request); whole-crop float32 still took 1.2 GB.
     base = np.asarray(original.convert("RGB"))
     canvas = np.empty_like(base)
     np.multiply(base, 0.4, out=canvas, casting="unsafe")  # truncates, as astype(np.uint8) did
-    region = base[y0:y1, x0:x1].astype(np.float32)
-    region *= 1 - alpha
-    colours = _HEAT_LUT[np.asarray(heat, dtype=np.uint8)].astype(np.float32)
-    colours *= alpha
-    region += colours
-    del colours
-    canvas[y0:y1, x0:x1] = np.clip(region, 0, 255, out=region)
+    levels = np.asarray(heat, dtype=np.uint8)
+    for r0 in range(0, y1 - y0, _BAND_ROWS):
+        r1 = min(y1 - y0, r0 + _BAND_ROWS)
+        region = base[y0 + r0 : y0 + r1, x0:x1].astype(np.float32)
+        region *= 1 - alpha
+        colours = _HEAT_LUT[levels[r0:r1]].astype(np.float32)
+        colours *= alpha
+        region += colours
+        canvas[y0 + r0 : y0 + r1, x0:x1] = np.clip(region, 0, 255, out=region)
     buf = io.BytesIO()
     Image.fromarray(canvas).save(buf, "PNG", compress_level=3)
     return buf.getvalue()

@@ -11,6 +11,7 @@ import base64
 import binascii
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +20,7 @@ import numpy as np
 from PIL import Image
 from starlette.requests import Request
 
-from simpool_serve.service.batcher import Job, Outputs
+from simpool_serve.service.batcher import Batcher, Job, Outputs
 from simpool_serve.service.errors import ServiceError, unavailable
 from simpool_serve.service.manifest import Manifest
 from simpool_serve.service.metrics import Metrics
@@ -53,20 +54,28 @@ def payload_bytes(payload: bytes | str, max_bytes: int) -> bytes:
         header, comma, text = text.partition(",")
         if not comma or not header.lower().endswith(";base64"):
             raise ImageError("data URI is not base64 (expected data:image/...;base64,...)")
-    if len(text) // 4 * 3 > max_bytes + 3:
+    text = text.translate(_WHITESPACE)  # line-wrapped base64 (MIME, `base64` tool) is accepted
+    if len(text) // 4 * 3 > max_bytes + 3:  # refused before decoding; exact below
         raise ImageTooLarge(f"image of about {len(text) // 4 * 3} bytes is over the limit of {max_bytes}")
     try:
-        return base64.b64decode(text.translate(_WHITESPACE), validate=True)
+        data = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise ImageError(f"invalid base64 ({exc})") from exc
+    if len(data) > max_bytes:
+        raise ImageTooLarge(f"image of {len(data)} bytes is over the limit of {max_bytes}")
+    return data
 
 
 @dataclass(slots=True)
 class Overlay:
-    """What the PNG answer needs besides the attention map: the upright original and the crop on it."""
+    """What the PNG answer needs besides the attention map: the upright original and the crop on it.
+
+    It holds one of the service's overlay slots; whoever draws the PNG calls `release` when done.
+    """
 
     original: Image.Image
     geometry: Geometry
+    release: Callable[[], None] = lambda: None
 
 
 @dataclass(slots=True)
@@ -99,6 +108,13 @@ class Service:
             self.decode_pool = ThreadPoolExecutor(workers, thread_name_prefix="compute")
         else:
             self.decode_pool = ThreadPoolExecutor(workers, thread_name_prefix="decode")
+        # One request decodes at most this many of its images at once, so the pool's queue interleaves
+        # requests: a 64-image request of 50-megapixel PNGs made a lone image wait 15.7 s when all 64 were
+        # queued ahead of it; now it waits for at most one decode.
+        self.decodes_per_request = workers
+        # PNG overlays in progress at once: each holds its decoded original (3 bytes a pixel, 150 MB at
+        # 50 MP) from decoding until its PNG is written; beyond this, requests wait (up to their deadline).
+        self.overlay_slots = asyncio.Semaphore(2 * workers)
         for model in models.values():
             model.executor = (
                 self.decode_pool
@@ -133,7 +149,10 @@ class Service:
     def resolve(self, name: str | None) -> ServedModel:
         model = self.models.get(name or self.default)
         if model is None:
-            raise ServiceError(404, f"unknown model {name!r}; served: {sorted(self.models)}", "unknown_model")
+            shown = name if name is None or len(name) <= 100 else f"{name[:100]}..."  # not echoed whole
+            raise ServiceError(
+                404, f"unknown model {shown!r}; served: {sorted(self.models)}", "unknown_model"
+            )
         if model.batcher is None:
             raise unavailable(f"model {model.name!r} is still loading", "not_ready", retry_after_s=5)
         return model
@@ -186,6 +205,37 @@ class Service:
         n = len(parsed.images)
         if n > batcher.max_queue:
             raise ServiceError(413, f"{n} images exceed the queue of {batcher.max_queue}", "too_many_images")
+        if not overlay:
+            return await self._run(request, parsed, model, batcher, deadline, overlay=False)
+        try:
+            async with asyncio.timeout_at(deadline):
+                await self.overlay_slots.acquire()
+        except TimeoutError:
+            raise ServiceError(
+                504, "request deadline passed waiting for a PNG overlay slot", "timeout"
+            ) from None
+        try:
+            outcome = await self._run(request, parsed, model, batcher, deadline, overlay=True)
+        except BaseException:
+            self.overlay_slots.release()
+            raise
+        assert outcome.overlay is not None
+        outcome.overlay.release = self.overlay_slots.release  # the caller releases it once the PNG is drawn
+        return outcome
+
+    async def _run(
+        self,
+        request: Request,
+        parsed: Parsed,
+        model: ServedModel,
+        batcher: Batcher,
+        deadline: float,
+        *,
+        overlay: bool,
+    ) -> Outcome:
+        """Decode → batch → wait, for a request already parsed and checked."""
+        loop = asyncio.get_running_loop()
+        n = len(parsed.images)
         batcher.reserve(n)
         try:
             # Past the deadline, images not yet decoding are cancelled (a running decode finishes alone).
@@ -221,11 +271,15 @@ class Service:
                 return [pix], [], extra
             except ImageError as exc:
                 return [None], [(0, exc)], None
-        futures = [
-            loop.run_in_executor(self.decode_pool, self._decode, payload, model.manifest, model.name)
-            for payload in parsed.images
-        ]
-        outcomes = await asyncio.gather(*futures, return_exceptions=True)
+        slots = asyncio.Semaphore(self.decodes_per_request)
+
+        async def decode(payload: bytes | str) -> np.ndarray:
+            async with slots:
+                return await loop.run_in_executor(
+                    self.decode_pool, self._decode, payload, model.manifest, model.name
+                )
+
+        outcomes = await asyncio.gather(*(decode(p) for p in parsed.images), return_exceptions=True)
         pixels: list[np.ndarray | None] = []
         errors: list[tuple[int, ImageError]] = []
         for i, out in enumerate(outcomes):
