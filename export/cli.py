@@ -72,10 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load(args: argparse.Namespace) -> tuple[ImportedCheckpoint | None, str | None]:
-    from simpool_serve.export.manifest import sha256_file
     from simpool_serve.models.checkpoint import import_checkpoint
     from simpool_serve.models.remote import resolve_checkpoint
     from simpool_serve.models.safe_load import load_file
+    from simpool_serve.service.manifest import sha256_file
 
     if args.random_init:
         return None, None

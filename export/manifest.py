@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -10,14 +9,7 @@ from pathlib import Path
 
 from simpool_serve import __version__
 from simpool_serve.export.preprocess import Preprocessing
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+from simpool_serve.service.manifest import sha256_file  # the service checks onnx_sha256 with the same code
 
 
 def imagenet_labels() -> list[str]:
