@@ -140,9 +140,8 @@ class LocalBackend:
 
     def __init__(self, model_dir: Path, *, model: str | None) -> None:
         from simpool_serve.service.manifest import ManifestError, fingerprint, load_manifest
-        from simpool_serve.service.models import ModelMismatchError, check_graph_file, check_outputs
+        from simpool_serve.service.models import open_verified
         from simpool_serve.service.preprocess import ImageError, decode_image
-        from simpool_serve.service.runner import OnnxRunner
         from simpool_serve.service.settings import Settings
 
         folder = resolve_model_dir(model_dir, model)
@@ -160,14 +159,11 @@ class LocalBackend:
         self._max_bytes = settings.max_image_bytes
         # As the service does: the rows written carry the manifest's fingerprint, so the graph must be the
         # one the manifest names, and its outputs the shapes it describes.
-        graph = folder / "model.onnx"
+        # One runner, one inference at a time (as in the service); decoding runs in parallel beside it.
         try:
-            check_graph_file(graph, self._manifest)
-            # One runner, one inference at a time (as in the service); decoding runs in parallel beside it.
-            self._runner = OnnxRunner(graph, settings.providers, settings.resolved_intra_op_threads())
-            size = self._manifest.input_size
-            check_outputs(graph, self._manifest, self._runner.run(np.zeros((1, size, size, 3), np.uint8)))
-        except ModelMismatchError as exc:
+            threads = settings.resolved_intra_op_threads()
+            self._runner = open_verified(folder / "model.onnx", self._manifest, settings.providers, threads)
+        except ValueError as exc:  # not the manifest's graph, or not the shapes it describes
             raise FatalError(str(exc)) from exc
         self._run_lock = threading.Lock()
         self.model = self._manifest.name

@@ -126,6 +126,21 @@ def check_outputs(path: Path, manifest: Manifest, outputs: dict[str, np.ndarray]
         )
 
 
+def open_verified(
+    path: Path, manifest: Manifest, providers: list[str] | None, threads: int, spinning: bool = True
+) -> OnnxRunner:
+    """A session on `path`, once the file is the graph the manifest names and its input size and output
+    shapes (one batch-1 run) are the ones the manifest describes. The service and `simpool-embed --local`
+    both open graphs this way: both answer under the manifest's fingerprint."""
+    check_graph_file(path, manifest)  # first: a wrong graph is refused before its session
+    runner = OnnxRunner(path, providers, threads, spinning=spinning)
+    size = manifest.input_size
+    if runner.input_size is not None and runner.input_size != size:
+        raise ValueError(f"{path}: graph takes {runner.input_size}px images, manifest says {size}")
+    check_outputs(path, manifest, runner.run(np.zeros((1, size, size, 3), dtype=np.uint8)))
+    return runner
+
+
 def _load_and_warm(
     model: ServedModel, settings: Settings, threads: int, lane_threads: int | None
 ) -> tuple[OnnxRunner, OnnxRunner | None, int]:
@@ -134,20 +149,15 @@ def _load_and_warm(
     The thread counts come resolved from the event loop: `available_cores()` reads the calling
     thread's affinity, which an inference thread need not share.
     """
-    check_graph_file(model.path, model.manifest)  # first: a wrong graph is refused before its session
-    runner = OnnxRunner(model.path, settings.providers, threads, spinning=settings.ort_spinning)
+    runner = open_verified(model.path, model.manifest, settings.providers, threads, settings.ort_spinning)
     size = model.manifest.input_size
-    if runner.input_size is not None and runner.input_size != size:
-        raise ValueError(f"{model.path}: graph takes {runner.input_size}px images, manifest says {size}")
     lane_runner = None
     if lane_threads is not None:  # the same graph and provider; only the thread count differs
         lane_runner = OnnxRunner(model.path, [runner.provider], lane_threads, spinning=settings.ort_spinning)
     max_batch = settings.resolved_max_batch_size(runner.provider)
     for n in range(1, max_batch + 1):
         batch = np.zeros((n, size, size, 3), dtype=np.uint8)
-        outputs = runner.run(batch)
-        if n == 1:
-            check_outputs(model.path, model.manifest, outputs)
+        runner.run(batch)
         if lane_runner is not None:
             lane_runner.run(batch)
     return runner, lane_runner, max_batch
