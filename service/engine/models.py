@@ -93,6 +93,11 @@ class LoadedModel:
         return self.runner.provider
 
     @property
+    def output_names(self) -> tuple[str, ...]:
+        """The graph's outputs, in its order (`embedding`, `attention`, and `logits` with a classifier)."""
+        return tuple(self.runner.output_names)
+
+    @property
     def has_logits(self) -> bool:
         return self.manifest.num_classes > 0 and LOGITS in self.runner.output_names
 

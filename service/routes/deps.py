@@ -26,6 +26,17 @@ def metrics_of(request: Request) -> Metrics:
     return metrics
 
 
+async def client_gone(request: Request) -> None:
+    """Returns when the client goes away, for `Engine.run(disconnected=lambda: client_gone(request))`.
+
+    Only once the body has been read: the next message is then the disconnect.
+    """
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
 EngineDep = Annotated[Engine, Depends(engine_of)]
 MetricsDep = Annotated[Metrics, Depends(metrics_of)]
 SettingsDep = Annotated[Settings, Depends(settings_of)]

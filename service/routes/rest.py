@@ -30,7 +30,7 @@ from simpool_serve.service.parsing import (
     Parsed,
     parse_request,
 )
-from simpool_serve.service.routes.deps import Authorized, EngineDep, MetricsDep, RecordDep
+from simpool_serve.service.routes.deps import Authorized, EngineDep, MetricsDep, RecordDep, client_gone
 from simpool_serve.service.schemas import AttentionOut, ClassifyOut, EmbedOut, error_responses
 from simpool_serve.spec import ATTENTION, EMBEDDING, LOGITS
 
@@ -65,14 +65,6 @@ def _body_doc(json_model: type[Fields], form_model: type[Fields]) -> dict[str, A
     }
 
 
-async def _disconnected(request: Request) -> None:
-    """Returns when the client goes away (the body has been read: the next message is the disconnect)."""
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            return
-
-
 async def _begin(
     request: Request, engine: Engine, record: RequestRecord, fields_type: type[Fields]
 ) -> tuple[Parsed, LoadedModel, float]:
@@ -104,7 +96,7 @@ async def _answer(
         deadline=deadline,
         outputs=outputs,
         on_error=parsed.fields.on_error,
-        disconnected=lambda: _disconnected(request),
+        disconnected=lambda: client_gone(request),
     )
     start = time.perf_counter()
     payload = {"model": model.name, "fingerprint": model.fingerprint, **fields_of(answer, parsed.fields)}
@@ -176,7 +168,7 @@ async def attention(
     if len(parsed.images) != 1:
         raise EngineError(Kind.INVALID, "format=png takes exactly one image", "malformed")
     body = await engine.attention_png(
-        model, parsed.images[0], deadline=deadline, disconnected=lambda: _disconnected(request)
+        model, parsed.images[0], deadline=deadline, disconnected=lambda: client_gone(request)
     )
     return Response(body, media_type="image/png", headers={"X-Fingerprint": model.fingerprint})
 
