@@ -20,7 +20,8 @@ from tqdm import tqdm
 
 from simpool_serve.client import store
 from simpool_serve.client.backends import Backend, FatalError, HttpBackend, LocalBackend, default_url
-from simpool_serve.client.walk import find_images, sha256_bytes, sha256_file
+from simpool_serve.client.walk import find_images, sha256_bytes
+from simpool_serve.spec import sha256_file
 
 PROG = "simpool-embed"
 

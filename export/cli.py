@@ -1,4 +1,4 @@
-"""`simpool-export`: checkpoint (or random init) -> verified model.onnx + manifest.json (CONTRACT §2).
+"""`simpool-export`: checkpoint (or random init) -> verified model.onnx + manifest.json.
 
 Exit codes: 0 written and verified; 1 the parity gate failed (nothing is left behind);
 2 bad arguments, or a checkpoint that is refused, unreadable or does not match the model;
@@ -16,6 +16,8 @@ import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from simpool_serve.spec import DEFAULT_OPSET
+
 # torch, timm and onnx load inside run(): a usage error is reported without waiting for them.
 if TYPE_CHECKING:
     from simpool_serve.models.checkpoint import ImportedCheckpoint
@@ -25,7 +27,6 @@ EXIT_USAGE = 2
 EXIT_INTERNAL = 3
 # ViT's attention needs opset 14 (scaled_dot_product_attention); the top is onnx's newest opset.
 MIN_OPSET = 14
-DEFAULT_OPSET = 18  # keep in step with simpool_serve.export.graph.DEFAULT_OPSET (a test checks it)
 
 
 def _gamma(text: str) -> float | None:
@@ -91,7 +92,7 @@ def _load(args: argparse.Namespace) -> tuple[ImportedCheckpoint | None, str | No
     from simpool_serve.models.checkpoint import import_checkpoint
     from simpool_serve.models.remote import resolve_checkpoint
     from simpool_serve.models.safe_load import load_file
-    from simpool_serve.service.manifest import sha256_file
+    from simpool_serve.spec import sha256_file
 
     if args.random_init:
         return None, None

@@ -9,8 +9,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from simpool_serve.service.manifest import load_manifest
 from simpool_serve.service.oip.model_config import to_pbtxt, triton_config
+from simpool_serve.spec import load_manifest
 
 
 def write_triton_entry(

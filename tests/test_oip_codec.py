@@ -11,7 +11,7 @@ import pytest
 import tritonclient.http as triton
 from tritonclient.utils import serialize_byte_tensor
 
-from simpool_serve.service.errors import ServiceError
+from simpool_serve.service.engine import EngineError
 from simpool_serve.service.oip import codec
 from simpool_serve.service.oip.codec import Images, OutputChoice, Pixels
 
@@ -81,7 +81,7 @@ def test_outputs_selection_and_per_output_binary() -> None:
         OutputChoice("embedding", True),
     ]
     req = parse(*body_of([images_input([b"x"])], [triton.InferRequestedOutput("logits")]))
-    with pytest.raises(ServiceError, match="unknown output 'logits'") as err:
+    with pytest.raises(EngineError, match="unknown output 'logits'") as err:
         req.choose_outputs(["embedding", "attention"])
     assert err.value.status == 422
 
@@ -120,10 +120,10 @@ def test_bytes_serialisation_matches_the_clients() -> None:
 def test_gzip_body_is_inflated_within_the_limit() -> None:
     body = b'{"inputs": []}' * 10
     assert codec.inflate(gzip.compress(body), "gzip", 1000) == body
-    with pytest.raises(ServiceError) as err:
+    with pytest.raises(EngineError) as err:
         codec.inflate(gzip.compress(b"\x00" * 10_000_000), "gzip", 1_000_000)
     assert err.value.status == 413
-    with pytest.raises(ServiceError) as err:
+    with pytest.raises(EngineError) as err:
         codec.inflate(body, "br", 1000)
     assert err.value.status == 415
 
@@ -194,7 +194,7 @@ BYTES_1 = {"name": "images", "datatype": "BYTES", "shape": [1]}
     ],
 )
 def test_malformed_requests(body: tuple[bytes, int], status: int, message: str) -> None:
-    with pytest.raises(ServiceError, match=message) as err:
+    with pytest.raises(EngineError, match=message) as err:
         codec.parse_request(body[0], body[1], 64)
     assert err.value.status == status
 
@@ -203,5 +203,5 @@ def test_header_length_must_lie_within_the_body() -> None:
     assert codec.header_length(None, 10) == 10
     assert codec.header_length("4", 10) == 4
     for bad in ("11", "-1", "x"):
-        with pytest.raises(ServiceError, match="Inference-Header-Content-Length"):
+        with pytest.raises(EngineError, match="Inference-Header-Content-Length"):
             codec.header_length(bad, 10)

@@ -11,8 +11,8 @@ from conftest import run_export
 from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from simpool_serve.service.manifest import fingerprint, load_manifest, sha256_file
 from simpool_serve.service.oip.model_config import to_pbtxt, triton_config
+from simpool_serve.spec import fingerprint, load_manifest, sha256_file
 
 ORT_TYPES = {"tensor(uint8)": mc.TYPE_UINT8, "tensor(float)": mc.TYPE_FP32}
 

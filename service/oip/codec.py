@@ -20,7 +20,7 @@ import orjson
 from pydantic import ValidationError
 
 from simpool_serve.service.encoding import finite_rows
-from simpool_serve.service.errors import ServiceError
+from simpool_serve.service.engine.errors import EngineError, Kind
 from simpool_serve.service.oip.schemas import InferenceRequest, RequestInput
 from simpool_serve.service.parsing import describe
 
@@ -29,8 +29,8 @@ OUTPUTS = ("embedding", "attention", "logits")  # the graph's outputs, in the or
 _LENGTH = struct.Struct("<I")
 
 
-def malformed(detail: str) -> ServiceError:
-    return ServiceError(422, detail, "malformed")
+def malformed(detail: str) -> EngineError:
+    return EngineError(Kind.INVALID, detail, "malformed")
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,14 +88,15 @@ def inflate(body: bytes, content_encoding: str | None, limit: int) -> bytes:
         return body
     if coding not in ("gzip", "deflate"):
         detail = f"content encoding {coding!r}: use gzip, deflate or none"
-        raise ServiceError(415, detail, "unsupported_media_type")
+        raise EngineError(Kind.UNSUPPORTED_MEDIA, detail, "unsupported_media_type")
     inflater = zlib.decompressobj(wbits=31 if coding == "gzip" else 15)
     try:
         out = inflater.decompress(body, limit + 1)
     except zlib.error as exc:
         raise malformed(f"body is not valid {coding}: {exc}") from None
     if len(out) > limit:
-        raise ServiceError(413, f"inflated request body is over the limit of {limit} bytes", "too_large")
+        detail = f"inflated request body is over the limit of {limit} bytes"
+        raise EngineError(Kind.TOO_LARGE, detail, "too_large")
     return out
 
 
@@ -178,8 +179,8 @@ def _count(tensor: RequestInput, max_images: int) -> int:
     if n < 1:
         raise malformed(f"input {tensor.name!r}: shape {tensor.shape} holds no image")
     if n > max_images:
-        raise ServiceError(
-            413, f"{n} images in one request, over the limit of {max_images}", "too_many_images"
+        raise EngineError(
+            Kind.TOO_LARGE, f"{n} images in one request, over the limit of {max_images}", "too_many_images"
         )
     return n
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from simpool_serve.service.manifest import Manifest, fingerprint
+from simpool_serve.spec import Manifest, fingerprint
 
 PLATFORM = "onnxruntime_onnx"
 DEFAULT_MAX_BATCH_SIZE = 32

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from simpool_serve.service.manifest import Manifest
+from simpool_serve.spec import Manifest
 
 OWNER = "simpool-serve"
 
