@@ -17,6 +17,7 @@ from simpool_serve.service.handlers import install_error_handlers
 from simpool_serve.service.metrics import Metrics
 from simpool_serve.service.observe import RequestObserver
 from simpool_serve.service.oip import routes as oip
+from simpool_serve.service.openai import routes as openai
 from simpool_serve.service.routes import ops, rest
 from simpool_serve.service.settings import Settings
 
@@ -68,10 +69,11 @@ def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None
     app.state.metrics = metrics
     app.add_middleware(RequestObserver, metrics=metrics)
     # Each standard door answers errors in its own protocol's shape; REST keeps {"detail": ...}.
-    install_error_handlers(app, metrics, {oip.PREFIX: oip.error_shape})
+    install_error_handlers(app, metrics, {oip.PREFIX: oip.error_shape, openai.PREFIX: openai.error_shape})
     app.include_router(rest.router)
     app.include_router(ops.router)
     app.include_router(ops.probes)
     app.include_router(oip.router)
     app.include_router(oip.probes)
+    app.include_router(openai.router)
     return app
