@@ -151,9 +151,19 @@ def serve(model_dir: Path, env: dict[str, str], log: Path) -> Iterator[str]:
         proc.wait(timeout=60)
 
 
-def hey(url: str, body: Path, concurrency: int, seconds: float, qps: float | None = None) -> dict:
+def hey(
+    url: str,
+    body: Path,
+    concurrency: int,
+    seconds: float,
+    qps: float | None = None,
+    content_type: str = "application/json",
+    headers: tuple[str, ...] = (),
+) -> dict:
     """Runs hey and summarises its per-request CSV (only 200s count as served)."""
-    cmd = ["hey", "-z", f"{seconds}s", "-c", str(concurrency), "-m", "POST", "-T", "application/json"]
+    cmd = ["hey", "-z", f"{seconds}s", "-c", str(concurrency), "-m", "POST", "-T", content_type]
+    for header in headers:
+        cmd += ["-H", header]
     if qps:
         cmd += ["-q", str(qps)]
     cmd += ["-D", str(body), "-o", "csv", "-t", "60", url]
