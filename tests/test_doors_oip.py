@@ -144,6 +144,7 @@ def test_outputs_selection_normalize_and_request_id(server: Server, photos: dict
         [images_input(files)],
         model_version="1",
         outputs=[triton.InferRequestedOutput("attention", binary_data=True)],
+        request_compression_algorithm="gzip",  # the body arrives gzipped and is inflated
     )
     assert binary.get_response()["outputs"][0]["parameters"]["binary_data_size"] == 4 * 14 * 14
     assert binary.as_numpy("attention").shape == (1, 14, 14)
@@ -188,7 +189,11 @@ def test_raw_protocol_as_kserve_sends_it(server: Server, photos: dict[str, Path]
     """KServe's client posts JSON (`content-type: application/json`) and reads an answer without the
     header-length header as all JSON; every error body has `error`."""
     data = base64.b64encode(photos["chelsea.jpg"].read_bytes()).decode()
-    body = {"inputs": [{"name": "images", "shape": [1, 1], "datatype": "BYTES", "data": [[data]]}]}
+    body = {
+        "id": "3f2c",  # KServe's client always sends an id and the model name, and may send parameters
+        "model_name": "resnet18",
+        "inputs": [{"name": "images", "shape": [1, 1], "datatype": "BYTES", "data": [[data]]}],
+    }
     with server.client() as c:
         ok = c.post("/v2/models/resnet18/versions/1/infer", json=body)
         unknown_path = c.get("/v2/models/resnet18/nothing")
@@ -199,7 +204,7 @@ def test_raw_protocol_as_kserve_sends_it(server: Server, photos: dict[str, Path]
     assert ok.status_code == 200 and "inference-header-content-length" not in ok.headers
     answer = ok.json()
     assert {o["name"] for o in answer["outputs"]} == {"embedding", "attention", "logits"}
-    assert len(answer["outputs"][0]["data"]) == 512 and answer["id"]
+    assert len(answer["outputs"][0]["data"]) == 512 and answer["id"] == "3f2c"
     assert unknown_path.status_code == 404 and "error" in unknown_path.json()
     assert bad_json.status_code == 422 and "Invalid JSON" in bad_json.json()["error"]
     assert ready.json() == {"ready": True}

@@ -25,7 +25,6 @@ from simpool_serve.service.oip.schemas import InferenceRequest, RequestInput
 from simpool_serve.service.parsing import describe
 
 IMAGES, PIXELS = "images", "pixels"
-OUTPUTS = ("embedding", "attention", "logits")  # the graph's outputs, in the order answers list them
 _LENGTH = struct.Struct("<I")
 
 
