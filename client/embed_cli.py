@@ -125,7 +125,7 @@ async def _embed_all(
 
 async def _open_backend(args: argparse.Namespace) -> Backend:
     if args.local is not None:
-        return await asyncio.to_thread(LocalBackend, args.local, model=args.model)
+        return await LocalBackend.open(args.local, model=args.model)
     return await HttpBackend.open(
         args.url or default_url(),
         model=args.model,
