@@ -69,6 +69,8 @@ def test_models_listing(server: Server) -> None:
     listed = sdk(server).models.list()
     assert sorted(m.id for m in listed.data) == ["resnet18", "vit_tiny"]
     assert all(m.owned_by == "simpool-serve" and m.created > 0 for m in listed.data)
+    paths = httpx.get(f"{server.url}/openapi.json").json()["paths"]  # both doors are documented
+    assert {"/v1/embeddings", "/v1/models", "/v2/models/{model}/infer", "/v2/health/ready"} <= set(paths)
 
 
 def test_errors_in_openai_shape(server: Server, photos: dict[str, Path]) -> None:
