@@ -5,14 +5,13 @@ binary, outputs selection, errors as the client raises them, API key and limits,
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 import tritonclient.http as triton
-from conftest import Server, cosine, start_server
+from conftest import DOOR_KEY, Server, cosine
 from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.utils import InferenceServerException
@@ -20,8 +19,6 @@ from tritonclient.utils import InferenceServerException
 from simpool_serve.service.engine.preprocess import decode_image
 from simpool_serve.service.oip.model_config import triton_config
 from simpool_serve.spec import fingerprint, load_manifest
-
-KEY = "door-key-9"
 
 
 def triton_client(server: Server, **kwargs: object) -> triton.InferenceServerClient:
@@ -47,15 +44,6 @@ def preprocessed(model_repo: Path, name: str, paths: list[Path]) -> np.ndarray:
     """The service's own preprocessing, in this process: what `images` becomes before the graph."""
     manifest = load_manifest(model_repo / name / "manifest.json")
     return np.stack([decode_image(p.read_bytes(), manifest, 10**8) for p in paths])
-
-
-@pytest.fixture(scope="module")
-def keyed_server(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """A server that wants an API key and takes at most 2 images per request (shared with the OpenAI tests'
-    module by name only: each module starts its own)."""
-    env = {"SIMPOOL_API_KEY": KEY, "SIMPOOL_MAX_IMAGES_PER_REQUEST": "2", "SIMPOOL_DEFAULT_MODEL": "resnet18"}
-    with start_server(model_repo, tmp_path_factory.mktemp("keyed-logs"), env) as s:
-        yield s
 
 
 def test_health_metadata_and_config(server: Server, model_repo: Path) -> None:
@@ -219,12 +207,10 @@ def test_api_key_and_limits(keyed_server: Server, photos: dict[str, Path]) -> No
     assert err.value.status() == "401"
     with pytest.raises(InferenceServerException, match="API key"):
         anonymous.get_model_metadata("resnet18")
-    auth = {"Authorization": f"Bearer {KEY}"}
+    auth = {"Authorization": f"Bearer {DOOR_KEY}"}
     keyed = triton_client(keyed_server)
-    assert keyed.infer("resnet18", [images_input(files)], headers=auth).as_numpy("embedding").shape == (
-        1,
-        512,
-    )
+    answer = keyed.infer("resnet18", [images_input(files)], headers=auth)
+    assert answer.as_numpy("embedding").shape == (1, 512)
     with pytest.raises(InferenceServerException, match="over the limit of 2") as err:
         keyed.infer("resnet18", [images_input(files * 3)], headers=auth)
     assert err.value.status() == "413"

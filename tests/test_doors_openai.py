@@ -4,16 +4,13 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import numpy as np
 import openai
 import pytest
-from conftest import Server, cosine, start_server
-
-KEY = "openai-door-key"
+from conftest import DOOR_KEY, Server, cosine
 
 
 def data_uri(path: Path) -> str:
@@ -23,13 +20,6 @@ def data_uri(path: Path) -> str:
 
 def sdk(server: Server, key: str = "unused") -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{server.url}/v1", api_key=key, max_retries=0, timeout=60)
-
-
-@pytest.fixture(scope="module")
-def keyed_server(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    env = {"SIMPOOL_API_KEY": KEY, "SIMPOOL_DEFAULT_MODEL": "resnet18"}
-    with start_server(model_repo, tmp_path_factory.mktemp("openai-logs"), env) as s:
-        yield s
 
 
 def test_sdk_default_float_and_list_match_rest(server: Server, photos: dict[str, Path]) -> None:
@@ -96,6 +86,8 @@ def test_api_key(keyed_server: Server, photos: dict[str, Path]) -> None:
     with pytest.raises(openai.AuthenticationError, match="API key") as err:
         sdk(keyed_server, "wrong").embeddings.create(model="resnet18", input=data_uri(photos["coffee.jpg"]))
     assert err.value.code == "invalid_api_key"
-    answer = sdk(keyed_server, KEY).embeddings.create(model="resnet18", input=data_uri(photos["coffee.jpg"]))
+    answer = sdk(keyed_server, DOOR_KEY).embeddings.create(
+        model="resnet18", input=data_uri(photos["coffee.jpg"])
+    )
     assert len(answer.data[0].embedding) == 512
     assert httpx.get(f"{keyed_server.url}/v1/models").status_code == 401
