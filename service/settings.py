@@ -1,6 +1,7 @@
 """The one settings object of the service: environment variables `SIMPOOL_*`, overridden by CLI flags.
 
-Read once, by whoever builds the app (the CLI or a test), never at import time.
+Read once, by whoever builds the app (the CLI or a test), never at import time. The thread rules
+(`resolved_*`) are applied once, by the engine's `ThreadPlan`; everything else reads the plan.
 """
 
 from __future__ import annotations
