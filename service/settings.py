@@ -47,6 +47,12 @@ class Settings(BaseSettings):
     )
     max_queue: int = Field(256, ge=1, description="Most images waiting per model; beyond it, 503.")
     request_timeout_s: float = Field(30.0, gt=0, description="Per-request deadline; beyond it, 504.")
+    unready_after_failed_batches: int = Field(
+        3,
+        ge=0,
+        description="Consecutive failed batches of one model after which /readyz answers 503 (a success "
+        "makes it ready again); 0 = never.",
+    )
 
     # Limits checked before any pixel is decoded.
     max_images_per_request: int = Field(spec.MAX_IMAGES_PER_REQUEST, ge=1)
