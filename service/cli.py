@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import resource
 import signal
 import sys
 import threading
@@ -52,6 +53,19 @@ class _Server(uvicorn.Server):
         self.should_exit = True
 
 
+def raise_open_file_limit() -> int:
+    """Lifts this process's soft limit on open files to its hard limit, and returns it.
+
+    Every connection is a file descriptor; the usual soft limit (1024) would make the server stop
+    accepting at about a thousand idle keep-alive clients while the hard limit allows far more.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        soft = hard
+    return soft
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="simpool-serve",
@@ -75,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"simpool-serve: invalid settings:\n{exc}", file=sys.stderr)
         return 2
     logs.configure(settings.log_level)
+    log.info("open file limit", extra={"nofile": raise_open_file_limit()})
     fatal: list[str] = []
     server: _Server | None = None
 
@@ -94,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
         timeout_graceful_shutdown=settings.shutdown_grace_s,  # type: ignore[arg-type]
         server_header=False,
         lifespan="on",
+        timeout_keep_alive=settings.keep_alive_timeout_s,  # type: ignore[arg-type]
+        limit_concurrency=settings.max_connections or None,
+        backlog=settings.backlog,
     )
     server = _Server(config)
     server.run()  # exits with uvicorn's code 3 itself if start-up (reading the repository) fails

@@ -96,6 +96,19 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     shutdown_grace_s: float = Field(60.0, gt=0, description="Longest a SIGTERM waits for accepted requests.")
 
+    # Connections (uvicorn's): idle ones cost a file descriptor and little else, so they are bounded by
+    # time rather than count; a slowly sent body is bounded by `request_timeout_s`.
+    keep_alive_timeout_s: float = Field(
+        5.0, gt=0, description="An idle keep-alive connection is closed after this many seconds."
+    )
+    max_connections: int = Field(
+        0,
+        ge=0,
+        description="Open connections (idle ones included) beyond which requests get 503; 0 = no limit "
+        "(the file-descriptor limit, which the server raises to its hard maximum at start).",
+    )
+    backlog: int = Field(2048, ge=1, description="Connections the kernel queues before they are accepted.")
+
     @field_validator("providers", mode="before")
     @classmethod
     def _split_providers(cls, value: object) -> object:
