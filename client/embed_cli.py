@@ -210,6 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     state: list[Run] = []
     try:
         return asyncio.run(_run(args, state))
+    except store.OutputError as exc:  # saving again would fail the same way
+        print(f"{PROG}: error: {exc.strerror}", file=sys.stderr)
+        return 2
     except FatalError as exc:
         if state:
             state[0].save()

@@ -102,6 +102,10 @@ def combine(kept: pa.Table, new_rows: list[Row]) -> pa.Table:
     return table.sort_by("path")
 
 
+class OutputError(OSError):
+    """The output could not be written (disk full, no permission); the previous file is untouched."""
+
+
 def write_atomic(table: pa.Table, path: Path, metadata: dict[str, str] | None = None) -> None:
     """Writes next to `path` and renames over it: a reader (or a crash) never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -114,7 +118,10 @@ def write_atomic(table: pa.Table, path: Path, metadata: dict[str, str] | None = 
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and not isinstance(exc, OutputError):
+            kept = f"the previous {path} is unchanged" if path.exists() else f"{path} was not written"
+            raise OutputError(exc.errno, f"cannot write {path}: {exc.strerror or exc}; {kept}") from exc
         raise
