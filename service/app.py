@@ -11,7 +11,7 @@ from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from simpool_serve.service import encoding
+from simpool_serve.service import boxes, encoding
 from simpool_serve.service.auth import bearer_auth
 from simpool_serve.service.errors import ServiceError
 from simpool_serve.service.handlers import install_error_handlers
@@ -201,9 +201,10 @@ def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None
             media = "image/png"
         else:
             grid = list(outcome.model.manifest.grid)
-            body = encoding.json_bytes(
-                _answer(outcome, grid=grid, attention=encoding.attention_maps(outcome.results))
-            )
+            maps = encoding.attention_maps(outcome.results)
+            fields: AttentionFields = outcome.fields  # type: ignore[assignment]
+            found = boxes.boxes(maps, outcome.geometries or [None] * len(maps), fields.box_mass)
+            body = encoding.json_bytes(_answer(outcome, grid=grid, attention=maps, boxes=found))
             media = "application/json"
         metrics.stage_duration.labels(outcome.model.name, "encode").observe(time.perf_counter() - start)
         return Response(body, media_type=media, headers={"X-Fingerprint": outcome.model.fingerprint})

@@ -30,7 +30,7 @@ from simpool_serve.service.preprocess import (
     Geometry,
     ImageError,
     ImageTooLarge,
-    decode_image,
+    decode,
     geometry,
     load_original,
     own_pixel_limit,
@@ -87,6 +87,7 @@ class Outcome:
     results: list[Outputs | None]
     errors: list[tuple[int, str]]
     overlay: Overlay | None = None
+    geometries: list[Geometry | None] | None = None  # per image: its crop on the original (for boxes)
 
 
 class Service:
@@ -159,13 +160,13 @@ class Service:
 
     # -- the stages ------------------------------------------------------------------------------
 
-    def _decode(self, payload: bytes | str, manifest: Manifest, model: str) -> np.ndarray:
+    def _decode(self, payload: bytes | str, manifest: Manifest, model: str) -> tuple[np.ndarray, Geometry]:
         """Decode stage, in the decode pool."""
         start = time.perf_counter()
         data = payload_bytes(payload, self.settings.max_image_bytes)
-        pixels = decode_image(data, manifest, self.settings.max_image_pixels, draft=self.settings.jpeg_draft)
+        out = decode(data, manifest, self.settings.max_image_pixels, draft=self.settings.jpeg_draft)
         self.metrics.stage_duration.labels(model, "decode").observe(time.perf_counter() - start)
-        return pixels
+        return out
 
     def _decode_overlay(
         self, payload: bytes | str, manifest: Manifest, model: str
@@ -239,7 +240,7 @@ class Service:
         batcher.reserve(n)
         try:
             # Past the deadline, images not yet decoding are cancelled (a running decode finishes alone).
-            pixels, errors, extra = await asyncio.wait_for(
+            pixels, errors, extra, geometries = await asyncio.wait_for(
                 self._decode_all(parsed, model, overlay), timeout=max(0.0, deadline - loop.time())
             )
         except TimeoutError:
@@ -257,42 +258,46 @@ class Service:
         job = batcher.submit(pixels)
         results = await self._wait(request, job, model, deadline)
         self.metrics.images.labels(model.name).inc(n - len(errors))
-        return Outcome(model, parsed.fields, results, [(i, str(e)) for i, e in errors], extra)
+        return Outcome(model, parsed.fields, results, [(i, str(e)) for i, e in errors], extra, geometries)
 
     async def _decode_all(
         self, parsed: Parsed, model: ServedModel, overlay: bool
-    ) -> tuple[list[np.ndarray | None], list[tuple[int, ImageError]], Overlay | None]:
+    ) -> tuple[list[np.ndarray | None], list[tuple[int, ImageError]], Overlay | None, list[Geometry | None]]:
         loop = asyncio.get_running_loop()
         if overlay:
             try:
                 pix, extra = await loop.run_in_executor(
                     self.decode_pool, self._decode_overlay, parsed.images[0], model.manifest, model.name
                 )
-                return [pix], [], extra
+                return [pix], [], extra, [extra.geometry]
             except ImageError as exc:
-                return [None], [(0, exc)], None
+                return [None], [(0, exc)], None, [None]
         slots = asyncio.Semaphore(self.decodes_per_request)
 
-        async def decode(payload: bytes | str) -> np.ndarray:
+        async def decode_one(payload: bytes | str) -> tuple[np.ndarray, Geometry]:
             async with slots:
                 return await loop.run_in_executor(
                     self.decode_pool, self._decode, payload, model.manifest, model.name
                 )
 
-        outcomes = await asyncio.gather(*(decode(p) for p in parsed.images), return_exceptions=True)
+        outcomes = await asyncio.gather(*(decode_one(p) for p in parsed.images), return_exceptions=True)
         pixels: list[np.ndarray | None] = []
+        geometries: list[Geometry | None] = []
         errors: list[tuple[int, ImageError]] = []
         for i, out in enumerate(outcomes):
             if isinstance(out, ImageError):
                 errors.append((i, out))
                 pixels.append(None)
+                geometries.append(None)
             elif isinstance(out, BaseException):
                 log.error("decoding image %d failed unexpectedly", i, exc_info=out)
                 errors.append((i, ImageError("cannot decode image")))
                 pixels.append(None)
+                geometries.append(None)
             else:
-                pixels.append(out)
-        return pixels, errors, None
+                pixels.append(out[0])
+                geometries.append(out[1])
+        return pixels, errors, None, geometries
 
     async def _wait(
         self, request: Request, job: Job, model: ServedModel, deadline: float
