@@ -38,6 +38,7 @@ from simpool_serve.service.schemas import (
     error_responses,
 )
 from simpool_serve.service.settings import Settings
+from simpool_serve.service.ui import ui_router
 
 log = logging.getLogger("simpool_serve.app")
 
@@ -133,6 +134,7 @@ def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None
         return request.app.state.service  # type: ignore[no-any-return]
 
     install_error_handlers(app, metrics)
+    app.include_router(ui_router())  # the explorer page at /ui (and / redirects there)
 
     # -- image endpoints -------------------------------------------------------------------------
 
