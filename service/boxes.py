@@ -7,16 +7,14 @@ cells, so a breadth-first search costs well under a millisecond.
 
 from __future__ import annotations
 
+import functools
 import math
-from collections import deque
 
 import numpy as np
 
 from simpool_serve.service.preprocess import Geometry
 
 DEFAULT_BOX_MASS = 0.6
-# 8-connectivity: on a coarse grid (7×7 for a ResNet) an object's cells often touch only at a corner.
-_NEIGHBOURS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
 _EPS = 1e-9
 
 
@@ -26,10 +24,10 @@ def top_mass_mask(attention: np.ndarray, mass: float) -> np.ndarray:
     Ties are taken in raster order, so the answer does not depend on the sort's whims. A map without
     positive mass (never produced by a softmax, but cheap to guard) selects every cell.
     """
-    att = np.clip(np.nan_to_num(np.asarray(attention, dtype=np.float64)), 0.0, None)
-    flat = att.ravel()
+    att = np.asarray(attention, dtype=np.float64)
+    flat = np.where(att.ravel() > 0, att.ravel(), 0.0)  # NaN and negatives count as no mass
     total = flat.sum()
-    if total <= 0:
+    if not total > 0:
         return np.ones(att.shape, dtype=bool)
     order = np.argsort(-flat, kind="stable")
     cumulative = np.cumsum(flat[order])
@@ -39,24 +37,40 @@ def top_mass_mask(attention: np.ndarray, mass: float) -> np.ndarray:
     return mask.reshape(att.shape)
 
 
+@functools.lru_cache(maxsize=16)
+def _neighbours(h: int, w: int) -> tuple[tuple[int, ...], ...]:
+    """For each cell of an h×w grid (flat index), its 8-connected neighbours; one table per grid shape."""
+    return tuple(
+        tuple(
+            rr * w + cc
+            for rr in (r - 1, r, r + 1)
+            for cc in (c - 1, c, c + 1)
+            if 0 <= rr < h and 0 <= cc < w and (rr, cc) != (r, c)
+        )
+        for r in range(h)
+        for c in range(w)
+    )
+
+
 def components(mask: np.ndarray) -> list[list[tuple[int, int]]]:
-    """The 8-connected regions of `mask`, each a list of (row, col), in raster order of their first cell."""
+    """The 8-connected regions of `mask` (on a coarse grid, 7×7 for a ResNet, an object's cells often
+    touch only at a corner), each a list of (row, col), in raster order of their first cell."""
     h, w = mask.shape
-    seen = np.zeros_like(mask, dtype=bool)
+    neighbours = _neighbours(h, w)
+    # Plain lists and a neighbour table: numpy's per-element indexing would cost several times more.
+    free = mask.ravel().tolist()
     regions: list[list[tuple[int, int]]] = []
-    for r0, c0 in zip(*np.nonzero(mask), strict=True):
-        if seen[r0, c0]:
+    for start in np.flatnonzero(mask).tolist():
+        if not free[start]:
             continue
-        seen[r0, c0] = True
-        queue, cells = deque([(int(r0), int(c0))]), []
-        while queue:
-            r, c = queue.popleft()
-            cells.append((r, c))
-            for dr, dc in _NEIGHBOURS:
-                rr, cc = r + dr, c + dc
-                if 0 <= rr < h and 0 <= cc < w and mask[rr, cc] and not seen[rr, cc]:
-                    seen[rr, cc] = True
-                    queue.append((rr, cc))
+        free[start] = False
+        queue, cells = [start], []
+        for i in queue:  # grows while it is read: breadth first
+            cells.append(divmod(i, w))
+            for j in neighbours[i]:
+                if free[j]:
+                    free[j] = False
+                    queue.append(j)
         regions.append(cells)
     return regions
 
@@ -69,11 +83,12 @@ def grid_box(attention: np.ndarray, mass: float = DEFAULT_BOX_MASS) -> tuple[int
     """
     att = np.asarray(attention, dtype=np.float64)
     regions = components(top_mass_mask(att, mass))
+    values, w = att.ravel().tolist(), att.shape[1]
 
     def weight(cells: list[tuple[int, int]]) -> tuple[float, int]:
-        return float(sum(att[r, c] for r, c in cells)), len(cells)
+        return sum(values[r * w + c] for r, c in cells), len(cells)
 
-    best = max(regions, key=weight)  # max keeps the first of equals
+    best = max(regions, key=weight) if len(regions) > 1 else regions[0]  # max keeps the first of equals
     rows = [r for r, _ in best]
     cols = [c for _, c in best]
     return min(rows), min(cols), max(rows), max(cols)
