@@ -192,5 +192,10 @@ def test_box_mass_form_field(server: Server, photos: dict[str, Path]) -> None:
         ok = c.post(
             "/attention", files={"images": photos["coffee.jpg"].read_bytes()}, data={"box_mass": "0.3"}
         )
+        openapi = c.get("/openapi.json").json()
     assert bad.status_code == 422 and nan.status_code == 422
     assert ok.status_code == 200 and len(ok.json()["boxes"]) == 1
+    # The field and the answer are documented in the OpenAPI description.
+    body = openapi["paths"]["/attention"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert body["properties"]["box_mass"]["exclusiveMinimum"] == 0
+    assert "boxes" in openapi["components"]["schemas"]["AttentionOut"]["required"]
