@@ -14,8 +14,7 @@ from importlib import resources
 
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
-
-from simpool_serve.service.errors import ServiceError
+from starlette.exceptions import HTTPException
 
 _TYPES = {
     "index.html": "text/html; charset=utf-8",
@@ -80,7 +79,7 @@ def ui_router() -> APIRouter:
     @router.get("/ui/{name}")
     async def asset(name: str, request: Request) -> Response:
         if name not in assets or name == "index.html":
-            raise ServiceError(404, "no such file of the explorer page", "not_found")
+            raise HTTPException(404, "no such file of the explorer page")
         return serve(name, request)
 
     return router
