@@ -426,6 +426,41 @@ def test_every_autoscaling_query_names_metrics_of_a_running_server(
     assert "simpool_queue_depth" in exposed and "simpool_inference_duration_seconds_sum" in exposed
 
 
+def test_autoscaling_queries_select_the_service_in_a_real_prometheus(
+    server: Server, rendered: dict[str, list[dict]], tmp_path: Path
+) -> None:
+    """The adapter's queries (templates filled as the adapter fills them) and KEDA's, run by a real
+    Prometheus scraping the real server with the labels the Prometheus Operator would attach: each
+    returns the pod's series, and the busy time moves with traffic."""
+    from conftest import free_port
+    from test_deploy_prometheus import jpeg, query, run_prometheus, wait_for
+
+    if shutil.which("prometheus") is None:
+        pytest.skip("Debian's `prometheus` binary is not installed (.ci/run installs it with apt)")
+    labels = {"namespace": "simpool", "pod": "simpool-serve-0", "service": "simpool-serve"}
+    target = {"targets": [server.url.removeprefix("http://")], "labels": labels}
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "scrape_configs": [{"job_name": "simpool", "static_configs": [target]}],
+    }
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    with run_prometheus(tmp_path / "prometheus.yml", free_port(), tmp_path) as prom:
+        wait_for("a scrape", lambda: query(prom, 'up{job="simpool"} == 1'))
+        with server.client() as c:
+            for i in range(4):
+                assert c.post("/embed", json={"images": [jpeg(i)]}).status_code == 200
+        for name, promql in adapter_queries().items():
+            (series,) = wait_for(name, lambda q=promql: query(prom, q))
+            assert series["metric"] == {"pod": "simpool-serve-0"}, name
+        busy = wait_for(
+            "busy time > 0", lambda: query(prom, adapter_queries()["simpool_inference_busy"] + " > 0")
+        )
+        assert 0 < float(busy[0]["value"][1]) <= 2
+        for trigger in keda_triggers(rendered).values():
+            (series,) = wait_for(trigger["name"], lambda q=trigger["metadata"]["query"]: query(prom, q))
+            float(series["value"][1])
+
+
 # ------------------------------------------------------------------------------------------------
 # checkov
 
