@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from simpool_serve.service.preprocess import Geometry
+from simpool_serve.service.engine.preprocess import Geometry
 
 DEFAULT_BOX_MASS = 0.6
 _EPS = 1e-9

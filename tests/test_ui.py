@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from simpool_serve.service.manifest import Manifest
-from simpool_serve.service.preprocess import geometry
+from simpool_serve.service.engine.preprocess import geometry
+from simpool_serve.spec import Manifest
 from tests.conftest import REPO_ROOT, Server, start_server
 
 CHROMIUM = Path("/usr/bin/chromium")
