@@ -27,27 +27,37 @@ from simpool_serve.export.quality import Agreement, compare
 from simpool_serve.service.manifest import Manifest
 
 METHOD = "static-qdq-minmax-per-channel"
-HEAD_NORM_WEIGHT = "pool.norm_patches.weight"  # the SimPool LayerNorm's scale: where the head begins
+ATTENTION = "attention"
 
 
 def head_nodes(model: onnx.ModelProto) -> list[str]:
-    """Names of every node downstream of the SimPool head's input (the backbone's features)."""
+    """Names of every node downstream of the SimPool head's input (the backbone's features).
+
+    The head is found by structure, not by name (an exporter shares identical initializers, so a
+    randomly initialised model's LayerNorm weights may all carry the first block's name): its keys'
+    LayerNorm is the last LayerNormalization (in the graph's topological order) that the `attention`
+    output depends on; any norm of the backbone comes before it.
+    """
     graph = model.graph
-    norms = [
-        n
-        for n in graph.node
-        if n.op_type == "LayerNormalization" and len(n.input) > 1 and n.input[1].endswith(HEAD_NORM_WEIGHT)
-    ]
-    if len(norms) != 1:
-        raise ValueError(f"cannot find the SimPool head's LayerNorm ({HEAD_NORM_WEIGHT}) in the graph")
+    producer = {out: n for n in graph.node for out in n.output}
+    ancestors: set[str] = set()
+    stack = [ATTENTION]
+    while stack:
+        node = producer.get(stack.pop())
+        if node is None or node.name in ancestors:
+            continue
+        ancestors.add(node.name)
+        stack.extend(node.input)
+    norms = [n for n in graph.node if n.op_type == "LayerNormalization" and n.name in ancestors]
+    if not norms:
+        raise ValueError("no SimPool head (a LayerNormalization before `attention`) in the graph")
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
     # The head's input is the features tensor fed to the LayerNorm, through the reshape/transpose that
     # turns a CNN map into tokens: walk back over those to the tensor the backbone produced.
-    producer = {out: n for n in graph.node for out in n.output}
-    start = norms[0].input[0]
+    start = norms[-1].input[0]
     while start in producer and producer[start].op_type in ("Reshape", "Transpose", "Flatten"):
         start = producer[start].input[0]
     seen: set[str] = set()
