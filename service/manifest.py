@@ -14,6 +14,18 @@ class ManifestError(ValueError):
     """A manifest that is missing, unreadable or lacks a field the service relies on."""
 
 
+class Quantization(BaseModel):
+    """How an INT8 graph was made and how closely it answers as its fp32 graph (held-out images)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    method: str
+    calibration_images: int = Field(ge=1)
+    calibration_sha256: str
+    min_cosine: float
+    top1_agreement: float | None = None
+
+
 class Manifest(BaseModel):
     """The exporter's manifest; unknown fields are kept (and listed by `/models`), not refused."""
 
@@ -36,6 +48,7 @@ class Manifest(BaseModel):
     labels: list[str] | None = None
     opset: int | None = None
     precision: str | None = None
+    quantization: Quantization | None = None
     created_at: str | None = None
     exporter_version: str | None = None
 
