@@ -102,11 +102,10 @@ def _load(args: argparse.Namespace) -> tuple[ImportedCheckpoint | None, str | No
     return imported, sha
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, split: CalibrationSet | None = None) -> int:
     import onnx
     import torch
 
-    from simpool_serve.export.calibration import split_folder
     from simpool_serve.export.graph import ServingGraph, export_onnx
     from simpool_serve.export.manifest import ManifestInputs, build_manifest, write_manifest
     from simpool_serve.export.parity import FP16_TOLERANCE, FP32_TOLERANCE, check_parity
@@ -115,8 +114,6 @@ def run(args: argparse.Namespace) -> int:
     from simpool_serve.models.model import build_model
 
     t0 = time.perf_counter()
-    # A calibration folder that cannot calibrate is a usage error, found before a minute of export.
-    split = split_folder(args.calibration, args.calibration_count) if args.int8 else None
     imported, ckpt_sha = _load(args)
     gamma = args.gamma if hasattr(args, "gamma") else UNSET
     config = resolve_config(imported, args.arch, gamma, args.num_classes, args.image_size)
@@ -249,7 +246,13 @@ def main(argv: list[str] | None = None) -> int:
     from simpool_serve.models.safe_load import CheckpointError
 
     try:
-        return run(args)
+        # A calibration folder that cannot calibrate is a usage error, found before torch even loads.
+        split = None
+        if args.int8:
+            from simpool_serve.export.calibration import split_folder
+
+            split = split_folder(args.calibration, args.calibration_count)
+        return run(args, split)
     except (CheckpointError, ValueError) as exc:  # refused, unreadable, mismatched, unsupported arch
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
