@@ -13,6 +13,7 @@ import numpy as np
 from simpool_serve.service.batcher import Batcher
 from simpool_serve.service.manifest import Manifest, ManifestError, fingerprint, load_manifest, sha256_file
 from simpool_serve.service.metrics import Metrics
+from simpool_serve.service.providers import ProviderOptions
 from simpool_serve.service.runner import CPU, OnnxRunner, choose_providers
 from simpool_serve.service.settings import Settings
 
@@ -127,13 +128,18 @@ def check_outputs(path: Path, manifest: Manifest, outputs: dict[str, np.ndarray]
 
 
 def open_verified(
-    path: Path, manifest: Manifest, providers: list[str] | None, threads: int, spinning: bool = True
+    path: Path,
+    manifest: Manifest,
+    providers: list[str] | None,
+    threads: int,
+    spinning: bool = True,
+    options: ProviderOptions | None = None,
 ) -> OnnxRunner:
     """A session on `path`, once the file is the graph the manifest names and its input size and output
     shapes (one batch-1 run) are the ones the manifest describes. The service and `simpool-embed --local`
     both open graphs this way: both answer under the manifest's fingerprint."""
     check_graph_file(path, manifest)  # first: a wrong graph is refused before its session
-    runner = OnnxRunner(path, providers, threads, spinning=spinning)
+    runner = OnnxRunner(path, providers, threads, spinning=spinning, options=options)
     size = manifest.input_size
     if runner.input_size is not None and runner.input_size != size:
         raise ValueError(f"{path}: graph takes {runner.input_size}px images, manifest says {size}")
@@ -149,11 +155,17 @@ def _load_and_warm(
     The thread counts come resolved from the event loop: `available_cores()` reads the calling
     thread's affinity, which an inference thread need not share.
     """
-    runner = open_verified(model.path, model.manifest, settings.providers, threads, settings.ort_spinning)
     size = model.manifest.input_size
+    wanted = settings.resolved_max_batch_size(choose_providers(settings.providers)[0])
+    options = ProviderOptions.from_settings(settings, size, wanted)
+    runner = open_verified(
+        model.path, model.manifest, settings.providers, threads, settings.ort_spinning, options
+    )
     lane_runner = None
     if lane_threads is not None:  # the same graph and provider; only the thread count differs
-        lane_runner = OnnxRunner(model.path, [runner.provider], lane_threads, spinning=settings.ort_spinning)
+        lane_runner = OnnxRunner(
+            model.path, [runner.provider], lane_threads, spinning=settings.ort_spinning, options=options
+        )
     max_batch = settings.resolved_max_batch_size(runner.provider)
     for n in range(1, max_batch + 1):
         batch = np.zeros((n, size, size, 3), dtype=np.uint8)
