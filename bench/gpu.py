@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from simpool_serve.service.manifest import load_manifest
-from simpool_serve.service.providers import CPU, CUDA, TENSORRT, ProviderOptions
-from simpool_serve.service.runner import OnnxRunner, ProviderError
+from simpool_serve.service.engine.providers import CPU, CUDA, TENSORRT, ProviderOptions
+from simpool_serve.service.engine.runner import OnnxRunner, ProviderError
+from simpool_serve.spec import load_manifest
 
 BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 

@@ -34,8 +34,8 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
-from simpool_serve.service.manifest import Manifest, load_manifest
-from simpool_serve.service.preprocess import decode_image
+from simpool_serve.service.engine.preprocess import decode_image
+from simpool_serve.spec import Manifest, load_manifest
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field", "retina")
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 
-from simpool_serve.service.manifest import Manifest
-from simpool_serve.service.preprocess import ImageError, decode_image, own_pixel_limit
+from simpool_serve.service.engine.preprocess import ImageError, decode_image, own_pixel_limit
+from simpool_serve.spec import Manifest
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 HOLDOUT_EVERY = 5

@@ -1,4 +1,4 @@
-"""`simpool-export`: checkpoint (or random init) -> verified model.onnx + manifest.json (CONTRACT §2).
+"""`simpool-export`: checkpoint (or random init) -> verified model.onnx + manifest.json.
 
 Exit codes: 0 written and verified; 1 the parity gate or the INT8 quality gate failed (nothing is left
 behind);
@@ -17,18 +17,20 @@ import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from simpool_serve.spec import DEFAULT_OPSET
+
 # torch, timm and onnx load inside run(): a usage error is reported without waiting for them.
 if TYPE_CHECKING:
     from simpool_serve.export.calibration import CalibrationSet
     from simpool_serve.export.manifest import ManifestInputs
     from simpool_serve.models.checkpoint import ImportedCheckpoint
+    from simpool_serve.spec import Manifest
 
 EXIT_PARITY = 1
 EXIT_USAGE = 2
 EXIT_INTERNAL = 3
 # ViT's attention needs opset 14 (scaled_dot_product_attention); the top is onnx's newest opset.
 MIN_OPSET = 14
-DEFAULT_OPSET = 18  # keep in step with simpool_serve.export.graph.DEFAULT_OPSET (a test checks it)
 
 
 def _gamma(text: str) -> float | None:
@@ -83,6 +85,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--calibration-count", type=int, metavar="N", help="calibrate on at most N images (default: all)"
     )
+    p.add_argument(
+        "--triton-repo",
+        type=Path,
+        help="also write a Triton model repository entry DIR/NAME/config.pbtxt + DIR/NAME/1/model.onnx",
+    )
+    p.add_argument(
+        "--triton-max-batch-size",
+        type=int,
+        default=32,
+        help="max_batch_size of the Triton entry (default 32)",
+    )
+    p.add_argument(
+        "--triton-tensorrt",
+        action="store_true",
+        help="add the TensorRT accelerator (FP16, engine cache) to the Triton entry",
+    )
     return p
 
 
@@ -90,7 +108,7 @@ def _load(args: argparse.Namespace) -> tuple[ImportedCheckpoint | None, str | No
     from simpool_serve.models.checkpoint import import_checkpoint
     from simpool_serve.models.remote import resolve_checkpoint
     from simpool_serve.models.safe_load import load_file
-    from simpool_serve.service.manifest import sha256_file
+    from simpool_serve.spec import sha256_file
 
     if args.random_init:
         return None, None
@@ -191,24 +209,34 @@ def run(args: argparse.Namespace, split: CalibrationSet | None = None) -> int:
         inputs = int8_inputs
     write_manifest(build_manifest(inputs, pre, onnx_path, errors), manifest_path)
     print(f"wrote {manifest_path} in {time.perf_counter() - t0:.1f}s")
+    if args.triton_repo is not None:
+        from simpool_serve.export.triton_repo import write_triton_entry
+
+        entry = write_triton_entry(
+            args.triton_repo,
+            inputs.name,
+            out,
+            max_batch_size=args.triton_max_batch_size,
+            tensorrt=args.triton_tensorrt,
+        )
+        print(f"wrote Triton model {entry}/config.pbtxt and {entry}/1/model.onnx")
     if imported is None:
         print("warning: random weights — this model is untrained and its answers are meaningless")
     return 0
 
 
 def _int8(
-    fp32_path: Path, onnx_path: Path, split: CalibrationSet, fp32_manifest: dict, inputs: ManifestInputs
+    fp32_path: Path, onnx_path: Path, split: CalibrationSet, fp32_manifest: Manifest, inputs: ManifestInputs
 ) -> ManifestInputs | None:
     """Quantizes and gates; the INT8 graph's manifest inputs, or None (graph removed) below the gate."""
     import dataclasses
 
     from simpool_serve.export.quality import MIN_COSINE
     from simpool_serve.export.quantize import quantization_record, quantize_and_compare
-    from simpool_serve.service.manifest import Manifest
 
     print(f"int8: calibrating on {len(split.calibration)} images, {len(split.held_out)} held out")
     try:
-        agreement = quantize_and_compare(fp32_path, onnx_path, split, Manifest.model_validate(fp32_manifest))
+        agreement = quantize_and_compare(fp32_path, onnx_path, split, fp32_manifest)
     except BaseException:
         onnx_path.unlink(missing_ok=True)
         raise
@@ -239,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--calibration-count N needs --int8 and N >= 1")
     if args.image_size is not None and args.image_size < 32:
         parser.error("--image-size must be at least 32")
+    if args.triton_max_batch_size < 1:
+        parser.error("--triton-max-batch-size must be at least 1")
     import onnx
 
     if not MIN_OPSET <= args.opset <= onnx.defs.onnx_opset_version():

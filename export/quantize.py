@@ -24,7 +24,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from simpool_serve.export.calibration import CalibrationSet, ImageReader, load_pixels
 from simpool_serve.export.quality import Agreement, compare
-from simpool_serve.service.manifest import Manifest
+from simpool_serve.spec import Manifest
 
 METHOD = "static-qdq-minmax-per-channel"
 ATTENTION = "attention"

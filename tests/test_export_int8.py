@@ -17,8 +17,8 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
-from simpool_serve.service.manifest import fingerprint, load_manifest
-from simpool_serve.service.preprocess import decode_image
+from simpool_serve.service.engine.preprocess import decode_image
+from simpool_serve.spec import fingerprint, load_manifest
 from tests.conftest import cosine, run_export, start_server
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field")

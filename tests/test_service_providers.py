@@ -10,8 +10,8 @@ import numpy as np
 import pydantic
 import pytest
 
-from simpool_serve.service.providers import CPU, CUDA, TENSORRT, ProviderOptions
-from simpool_serve.service.runner import OnnxRunner
+from simpool_serve.service.engine.providers import CPU, CUDA, TENSORRT, ProviderOptions
+from simpool_serve.service.engine.runner import OnnxRunner
 from simpool_serve.service.settings import Settings
 
 

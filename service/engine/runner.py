@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from simpool_serve.service.providers import ProviderOptions
+from simpool_serve.service.engine.providers import ProviderOptions
+from simpool_serve.spec import INPUT, REQUIRED_OUTPUTS
 
 log = logging.getLogger("simpool_serve.runner")
 
@@ -67,11 +68,12 @@ class OnnxRunner:
                 raise ProviderError(message)
             log.warning(message)
         inputs = self.session.get_inputs()
-        if [i.name for i in inputs] != ["images"]:
-            raise ValueError(f"{model_path}: one input named images expected, not {[i.name for i in inputs]}")
+        if [i.name for i in inputs] != [INPUT]:
+            names = [i.name for i in inputs]
+            raise ValueError(f"{model_path}: one input named {INPUT} expected, not {names}")
         self.input_size = int(inputs[0].shape[1]) if isinstance(inputs[0].shape[1], int) else None
         self.output_names: list[str] = [o.name for o in self.session.get_outputs()]
-        for required in ("embedding", "attention"):
+        for required in REQUIRED_OUTPUTS:
             if required not in self.output_names:
                 raise ValueError(f"{model_path}: graph has no '{required}' output ({self.output_names})")
         self.io_binding = options.io_binding and self.provider != CPU  # on CPU there is no copy to save
@@ -80,13 +82,13 @@ class OnnxRunner:
         """uint8 [N, S, S, 3] → {"embedding": [N, D], "attention": [N, h, w], maybe "logits": [N, C]}."""
         if self.io_binding:
             return self._run_bound(images)
-        outputs = self.session.run(self.output_names, {"images": images})
+        outputs = self.session.run(self.output_names, {INPUT: images})
         return dict(zip(self.output_names, outputs, strict=True))
 
     def _run_bound(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """The input copied to the device once, the outputs written to host memory by the provider."""
         binding = self.session.io_binding()
-        binding.bind_cpu_input("images", np.ascontiguousarray(images))
+        binding.bind_cpu_input(INPUT, np.ascontiguousarray(images))
         for name in self.output_names:
             binding.bind_output(name, "cpu")
         self.session.run_with_iobinding(binding)
