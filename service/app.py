@@ -91,13 +91,21 @@ def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None
             await load_all(service.models, settings, metrics)
         except Exception as exc:
             service.load_error = f"{type(exc).__name__}: {exc}"
-            log.exception("loading the models failed")
+            # The reason is the message; the traceback helps only someone debugging the service itself.
+            log.error(
+                "loading the models failed",
+                exc_info=exc if log.isEnabledFor(logging.DEBUG) else None,
+                extra={"error": service.load_error},
+            )
             if on_fatal is not None:
                 on_fatal(service.load_error)
             return
         service.loaded = True
         metrics.ready.set(1)
-        log.info("ready", extra={"models": sorted(service.models), "default_model": service.default})
+        log.info(
+            "ready: every model is loaded and warmed up; serving requests",
+            extra={"models": sorted(service.models), "default_model": service.default},
+        )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
