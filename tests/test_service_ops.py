@@ -296,6 +296,6 @@ def test_unservable_repositories_exit_non_zero(model_repo: Path, tmp_path: Path)
     corrupt = serve_exit(broken)
     assert corrupt.returncode == 3 and "loading the models failed" in corrupt.stderr
     bad_setting = serve_exit(model_repo, {"SIMPOOL_MAX_BATCH_SIZE": "zero"})
-    assert bad_setting.returncode == 2 and "max_batch_size" in bad_setting.stderr
+    assert bad_setting.returncode == 2 and "SIMPOOL_MAX_BATCH_SIZE" in bad_setting.stderr
     no_default = serve_exit(model_repo, {"SIMPOOL_DEFAULT_MODEL": "ghost"})
     assert no_default.returncode == 3 and "ghost" in no_default.stderr
