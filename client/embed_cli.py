@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 import time
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from tqdm import tqdm
 
 from simpool_serve.client import store
 from simpool_serve.client.backends import Backend, FatalError, HttpBackend, LocalBackend, default_url
+from simpool_serve.client.retry import DEFAULT_CONNECT_TIMEOUT
 from simpool_serve.client.walk import find_images, sha256_bytes, sha256_file
 
 PROG = "simpool-embed"
@@ -43,6 +45,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=16, help="images per request / batch (default 16)")
     p.add_argument("--api-key", default=None, help="service API key (default: $SIMPOOL_API_KEY)")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per HTTP request (default 120)")
+    p.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=DEFAULT_CONNECT_TIMEOUT,
+        help=f"seconds to wait for a connection to the service (default {DEFAULT_CONNECT_TIMEOUT:g})",
+    )
     p.add_argument(
         "--retry-timeout", type=float, default=120.0, help="seconds a batch may wait out 503s (default 120)"
     )
@@ -131,6 +139,7 @@ async def _open_backend(args: argparse.Namespace) -> Backend:
         api_key=args.api_key,
         concurrency=args.concurrency,
         timeout=args.timeout,
+        connect_timeout=args.connect_timeout,
         retry_timeout=args.retry_timeout,
     )
 
@@ -204,8 +213,32 @@ def _report(run: Run, total: int, unchanged: int) -> None:
             print(f"  {r.path}: {r.error}")
 
 
+class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever sys.stderr is at the time (tqdm and test runners swap it)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> object:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: object) -> None:
+        pass
+
+
+def _show_client_warnings() -> None:
+    """The client's warnings (a connection it is waiting for) as `simpool-embed: warning: ...` lines."""
+    logger = logging.getLogger("simpool_serve.client")
+    if not any(isinstance(h, _Stderr) for h in logger.handlers):
+        handler = _Stderr()
+        handler.setFormatter(logging.Formatter(f"{PROG}: warning: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.WARNING)
+        logger.propagate = False
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    _show_client_warnings()
     state: list[Run] = []
     try:
         return asyncio.run(_run(args, state))

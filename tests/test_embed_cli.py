@@ -132,11 +132,20 @@ def test_local_matches_server(
             assert cosine(a[path]["embedding"], b[path]["embedding"]) >= 0.9999, path
 
 
-def test_unreachable_service_is_a_clean_exit_2(tmp_path: Path, photos: dict[str, Path]) -> None:
+def test_unreachable_service_fails_at_once_naming_the_url(tmp_path: Path, photos: dict[str, Path]) -> None:
     src, out = make_source(photos, tmp_path / "src", broken=False), tmp_path / "o.parquet"
-    url = f"http://127.0.0.1:{free_port()}"
-    assert main([str(src), "--out", str(out), "--url", url, "--retry-timeout", "0.3", "--no-progress"]) == 2
-    assert not out.exists()
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens: refused, which waiting would not change
+    started = time.monotonic()
+    proc = subprocess.run(
+        [BIN / "simpool-embed", src, "--out", out, "--url", url], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 2 and not out.exists()
+    assert time.monotonic() - started < 30  # not the retry budget (120 s by default)
+    assert proc.stderr.strip().splitlines() == [
+        f"simpool-embed: error: cannot connect to {url} (connection refused): "
+        "is simpool-serve running there? "
+        "Start it (simpool-serve --model-dir DIR), or give the URL it listens on"
+    ]
 
 
 def test_interrupted_run_keeps_a_valid_file_and_resumes(
