@@ -8,6 +8,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -132,6 +133,16 @@ def test_local_matches_server(
             assert cosine(a[path]["embedding"], b[path]["embedding"]) >= 0.9999, path
 
 
+def with_default_signals(cmd: list) -> list:
+    """`cmd` with SIGINT and SIGTERM back to their defaults: a shell ignores SIGINT in its background
+    jobs, and a child inherits that, so the suite run with `&` would send a Ctrl-C that nobody hears."""
+    reset = (
+        "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+        "signal.signal(signal.SIGTERM, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])"
+    )
+    return [sys.executable, "-c", reset, *map(str, cmd)]
+
+
 def test_unreachable_service_fails_at_once_naming_the_url(tmp_path: Path, photos: dict[str, Path]) -> None:
     src, out = make_source(photos, tmp_path / "src", broken=False), tmp_path / "o.parquet"
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens: refused, which waiting would not change
@@ -148,27 +159,38 @@ def test_unreachable_service_fails_at_once_naming_the_url(tmp_path: Path, photos
     ]
 
 
+@pytest.mark.parametrize(
+    ("sig", "code", "said"), [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")]
+)
 def test_interrupted_run_keeps_a_valid_file_and_resumes(
-    server: Server, photos: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    server: Server,
+    photos: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    sig: signal.Signals,
+    code: int,
+    said: str,
 ) -> None:
     src, out = make_source(photos, tmp_path / "src", broken=False), tmp_path / "o.parquet"
     # The proxy answers two single-image requests, then holds the third until the test ends.
     script = ProxyScript(upstream=server.url, hold_after=2)
     with loopback_proxy(script) as url:
         cmd = [BIN / "simpool-embed", src, "--out", out, "--url", url, "--batch", "1", "--concurrency", "1"]
-        proc = subprocess.Popen([*cmd, "--checkpoint-every", "0"], stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            with_default_signals([*cmd, "--checkpoint-every", "0"]), stderr=subprocess.PIPE, text=True
+        )
         try:
             deadline = time.monotonic() + 120
             while not (out.exists() and pq.read_table(out).num_rows == 2):  # every read sees a whole file
                 assert proc.poll() is None and time.monotonic() < deadline, "run ended early"
                 time.sleep(0.1)
-            proc.send_signal(signal.SIGINT)
+            proc.send_signal(sig)
             _, err = proc.communicate(timeout=60)
         finally:
             if proc.poll() is None:
                 proc.kill()
-    assert proc.returncode == 130, err
-    assert "interrupted" in err
+    assert proc.returncode == code, err
+    assert f"{said}" in err and "2 new rows saved" in err
     assert pq.read_table(out).num_rows == 2
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
     assert main([str(src), "--out", str(out), "--url", server.url, "--no-progress"]) == 0
