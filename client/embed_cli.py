@@ -215,7 +215,7 @@ def _report(run: Run, total: int, unchanged: int) -> None:
     failures = run.failures
     embedded = len(run.new_rows) - len(failures)
     print(
-        f"{PROG}: {total} images: {embedded} embedded, {unchanged} unchanged, "
+        f"{PROG}: {_count(total, 'image')}: {embedded} embedded, {unchanged} unchanged, "
         f"{len(failures)} failed -> {run.out} (model {run.model}, fingerprint {run.fingerprint})"
     )
     changed = {r.fingerprint for r in run.new_rows if r.error is None} - {run.fingerprint}
@@ -226,7 +226,7 @@ def _report(run: Run, total: int, unchanged: int) -> None:
             file=sys.stderr,
         )
     if failures:
-        print(f"{PROG}: {len(failures)} images failed:")
+        print(f"{PROG}: {_count(len(failures), 'image')} failed:")
         for r in failures:
             print(f"  {r.path}: {r.error}")
 

@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -195,6 +196,27 @@ def test_interrupted_run_keeps_a_valid_file_and_resumes(
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
     assert main([str(src), "--out", str(out), "--url", server.url, "--no-progress"]) == 0
     assert summary(capsys.readouterr().out) == (len(photos) - 2, 2, 0)
+
+
+def test_one_failure_reads_as_one_and_the_file_follows_the_umask(
+    server: Server, photos: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src, out = tmp_path / "src", tmp_path / "o.parquet"
+    src.mkdir()
+    shutil.copy(photos["coffee.jpg"], src)
+    (src / "broken.jpg").write_bytes(b"not a jpeg")
+    previous = os.umask(0o027)
+    try:
+        assert main([str(src), "--out", str(out), "--url", server.url, "--no-progress"]) == 1
+    finally:
+        os.umask(previous)
+    text = capsys.readouterr().out
+    assert "simpool-embed: 2 images: 1 embedded, 0 unchanged, 1 failed" in text
+    assert "simpool-embed: 1 image failed:" in text
+    assert stat.S_IMODE(out.stat().st_mode) == 0o640  # not mkstemp's 0600
+    out.chmod(0o664)  # a re-run keeps the file's own permissions
+    assert main([str(src), "--out", str(out), "--url", server.url, "--no-progress"]) == 1
+    assert stat.S_IMODE(out.stat().st_mode) == 0o664
 
 
 def test_strict_server_key_limits_and_local_limits(
