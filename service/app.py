@@ -11,7 +11,7 @@ from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from simpool_serve.service import encoding
+from simpool_serve.service import docs_pages, encoding
 from simpool_serve.service.auth import bearer_auth
 from simpool_serve.service.errors import ServiceError
 from simpool_serve.service.handlers import install_error_handlers
@@ -133,7 +133,11 @@ def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None
         # No 307 from `/embed/` to `/embed`: a client following it would send its (up to 100 MB) body
         # twice. A path with a trailing slash is an unknown path, answered 404 like any other.
         redirect_slashes=False,
+        docs_url=None,  # FastAPI's pages load their scripts from a CDN: docs_pages serves them itself
+        redoc_url=None,
     )
+    app.include_router(docs_pages.docs_router(app.title))
+    app.include_router(docs_pages.home_router())
     app.add_middleware(RequestObserver, metrics=metrics)
     require_key = bearer_auth(settings.api_key.get_secret_value() if settings.api_key else None)
 
