@@ -20,8 +20,12 @@ def bearer_auth(key: str | None) -> Callable[..., Awaitable[None]]:
             return
         given = creds.credentials.encode() if creds is not None else b""
         if creds is None or not hmac.compare_digest(given, api_key):
+            what = "missing API key" if creds is None else "wrong API key"
             raise ServiceError(
-                401, "missing or wrong API key", "unauthorized", {"WWW-Authenticate": "Bearer"}
+                401,
+                f"{what}: send it as the header `Authorization: Bearer <key>`",
+                "unauthorized",
+                {"WWW-Authenticate": "Bearer"},
             )
 
     return require_key
