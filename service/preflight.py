@@ -93,20 +93,19 @@ def listen(host: str, port: int) -> socket.socket:
     Binding first makes a busy port a start-up error before any model loads; listening at once
     means a client that connects during start-up waits in the queue instead of being refused.
     """
+    # As uvicorn binds: IPv6 for an address with a colon, else IPv4 (so "localhost" is 127.0.0.1).
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(
-            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0]
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(BACKLOG)
     except socket.gaierror as exc:
+        sock.close()
         raise ConfigError(
             f"--host {host} is not an address of this machine ({exc.strerror}); "
             "use --host 127.0.0.1 (this machine only) or --host 0.0.0.0 (every interface)"
         ) from exc
-    sock = socket.socket(family, kind, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-        sock.listen(BACKLOG)
     except OSError as exc:
         sock.close()
         where = f"{host}:{port}"
