@@ -118,25 +118,8 @@ def _announce(settings: Settings, sock: socket.socket, models: list[str], untrai
         )
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    debug = _wants_debug(args)
-    overrides = {k: v for k, v in vars(args).items() if v is not None}
-    try:
-        settings = Settings(**overrides)
-    except ValidationError as exc:
-        return _fail(preflight.settings_error(exc), INVALID_SETTINGS, exc, debug)
-    logs.configure(settings.log_level)
-    logging.getLogger("uvicorn.error").addFilter(_StartupLines())
-    try:
-        models = preflight.check_repository(settings.model_dir)
-        preflight.check_default_model(models, settings.default_model)
-        preflight.check_providers(settings.providers)
-        sock = preflight.listen(settings.host, settings.port)
-    except preflight.ConfigError as exc:
-        return _fail(str(exc), STARTUP_FAILURE, exc, debug)
-    _announce(settings, sock, sorted(models), preflight.untrained(models))
-
+def _serve(settings: Settings, sock: socket.socket) -> int:
+    """Runs uvicorn on the socket until a signal (0) or a model that fails to load (3)."""
     fatal: list[str] = []
     server: _Server | None = None
 
@@ -158,12 +141,34 @@ def main(argv: list[str] | None = None) -> int:
         lifespan="on",
     )
     server = _Server(config)
-    with sock:
-        server.run(sockets=[sock])
+    server.run(sockets=[sock])
     if fatal:
         print(f"simpool-serve: error: {fatal[0]}", file=sys.stderr)
         return STARTUP_FAILURE
     return 0 if server.started else STARTUP_FAILURE
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    debug = _wants_debug(args)
+    overrides = {k: v for k, v in vars(args).items() if v is not None}
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        return _fail(preflight.settings_error(exc), INVALID_SETTINGS, exc, debug)
+    logs.configure(settings.log_level)
+    logging.getLogger("uvicorn.error").addFilter(_StartupLines())
+    try:
+        models = preflight.check_repository(settings.model_dir)
+        preflight.check_default_model(models, settings.default_model)
+        preflight.check_providers(settings.providers)
+        sock = preflight.listen(settings.host, settings.port)
+    except preflight.ConfigError as exc:
+        return _fail(str(exc), STARTUP_FAILURE, exc, debug)
+    _announce(settings, sock, sorted(models), preflight.untrained(models))
+
+    with sock:  # closed however the server ends (or fails to be built)
+        return _serve(settings, sock)
 
 
 if __name__ == "__main__":

@@ -260,7 +260,7 @@ def test_sigterm_answers_accepted_requests_and_exits_0(
     assert "shutting down" in server.read_log()
 
 
-def test_sub_second_shutdown_grace_is_not_zero(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_sub_second_shutdown_grace_is_not_zero(monkeypatch: pytest.MonkeyPatch, model_repo: Path) -> None:
     """uvicorn cancels accepted requests at once on a grace of 0: 0.5 s must stay 0.5 s, not int() 0."""
     from simpool_serve.service import cli
 
@@ -277,7 +277,7 @@ def test_sub_second_shutdown_grace_is_not_zero(monkeypatch: pytest.MonkeyPatch, 
     monkeypatch.setattr(cli.uvicorn, "Config", config)
     monkeypatch.setattr(cli.logs, "configure", lambda level: None)
     with pytest.raises(Stop):
-        cli.main(["--model-dir", str(tmp_path)])
+        cli.main(["--model-dir", str(model_repo), "--host", "127.0.0.1", "--port", "0"])
     assert seen["timeout_graceful_shutdown"] == 0.5
 
 
