@@ -13,10 +13,10 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from simpool_serve.service.manifest import Manifest, ManifestError
-from simpool_serve.service.models import ServedModel, default_model, discover
-from simpool_serve.service.runner import ProviderError, choose_providers
+from simpool_serve.service.engine.models import ModelFolder, default_model, discover
+from simpool_serve.service.engine.runner import ProviderError, choose_providers
 from simpool_serve.service.settings import Settings
+from simpool_serve.spec import Manifest, ManifestError
 
 # The listening socket's queue: as uvicorn's default, so a burst at start-up waits instead of failing.
 BACKLOG = 2048
@@ -39,7 +39,7 @@ def settings_error(exc: ValidationError) -> str:
     return "invalid setting: " + "; ".join(parts)
 
 
-def check_repository(model_dir: Path) -> dict[str, ServedModel]:
+def check_repository(model_dir: Path) -> dict[str, ModelFolder]:
     """The models the server will load (manifests read, nothing loaded); ConfigError if it cannot serve."""
     shown = str(model_dir)
     if not model_dir.exists():
@@ -68,7 +68,7 @@ def check_repository(model_dir: Path) -> dict[str, ServedModel]:
     return models
 
 
-def check_default_model(models: dict[str, ServedModel], wanted: str | None) -> str:
+def check_default_model(models: dict[str, ModelFolder], wanted: str | None) -> str:
     try:
         return default_model(models, wanted)
     except ManifestError as exc:
@@ -128,7 +128,7 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def untrained(models: dict[str, ServedModel]) -> list[str]:
+def untrained(models: dict[str, ModelFolder]) -> list[str]:
     """Names of the models exported with random weights (their answers mean nothing)."""
     return sorted(name for name, m in models.items() if _is_random(m.manifest))
 
