@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from importlib import resources
 
 from fastapi import APIRouter, Request
-from fastapi.responses import RedirectResponse, Response
+from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 
 _TYPES = {
@@ -54,7 +54,7 @@ def _matches(if_none_match: str | None, etag: str) -> bool:
 
 
 def ui_router() -> APIRouter:
-    """`GET /ui` (the page), `GET /ui/<asset>`, and `GET /` redirecting to the page."""
+    """`GET /ui` (the page) and `GET /ui/<asset>`; `GET /` leads here (see docs_pages.HOME)."""
     assets = load_assets()
     router = APIRouter(include_in_schema=False)
 
@@ -67,10 +67,6 @@ def ui_router() -> APIRouter:
         if _matches(request.headers.get("if-none-match"), asset.etag):
             return Response(status_code=304, headers=headers)
         return Response(asset.body, media_type=asset.media_type, headers=headers)
-
-    @router.get("/")
-    async def root() -> RedirectResponse:
-        return RedirectResponse("ui", status_code=307)  # relative: right behind a path prefix too
 
     @router.get("/ui")
     async def page(request: Request) -> Response:

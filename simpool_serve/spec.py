@@ -106,7 +106,10 @@ def load_manifest(path: Path | str) -> Manifest:
     except (OSError, json.JSONDecodeError) as exc:
         raise ManifestError(f"{path}: cannot read manifest: {exc}") from exc
     except ValidationError as exc:
-        raise ManifestError(f"{path}: invalid manifest: {exc}") from exc
+        fields = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'manifest'}: {e['msg']}" for e in exc.errors()
+        )
+        raise ManifestError(f"{path}: invalid manifest: {fields}") from exc
 
 
 def sha256_file(path: Path) -> str:

@@ -78,7 +78,7 @@ def test_page_and_assets_are_served_with_validators(keyed_server: Server) -> Non
         assets = {name: c.get(f"/ui/{name}") for name in ("app.js", "style.css", "icon.svg")}
         unknown = c.get("/ui/../service/app.py")
         missing = c.get("/ui/secret.txt")
-    assert root.status_code == 307 and root.headers["location"] == "ui"
+    assert root.status_code == 307 and root.headers["location"] == "/ui"
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert page.headers["cache-control"] == "no-cache" and page.headers["etag"]
     assert "connect-src 'self'" in page.headers["content-security-policy"]
