@@ -303,7 +303,10 @@ def test_runtime_stages_run_the_service_as_a_non_root_user(dockerfile: tuple[dic
         )
         env = " ".join(i.args for i in stage.all("ENV"))
         assert "SIMPOOL_MODEL_DIR=/models" in env and "SIMPOOL_HOST=0.0.0.0" in env
-        assert any(i.positional() == ["/models", "/models"] for i in stage.all("COPY")), "exported models"
+        # The exported models, from the `models` stage (which --build-context models=DIR replaces).
+        assert any(
+            i.flags().get("from") == "models" and i.positional() == ["/", "/models"] for i in stage.all("COPY")
+        ), "exported models"
         assert "8000" in " ".join(i.args for i in stage.all("EXPOSE"))
 
 
@@ -572,18 +575,25 @@ def mounts(service: dict) -> dict[str, str]:
 def test_compose_load_balancer_wiring(compose: dict) -> None:
     lb = compose["services"]["lb"]
     assert lb["ports"] == ["${SIMPOOL_PORT:-8000}:8000"]
-    assert mounts(lb) == {"/etc/nginx/conf.d/default.conf": "./deploy/nginx/simpool.conf"}
+    # A template: the nginx image's entry point fills in the container's DNS servers, which are
+    # Docker's embedded DNS (127.0.0.11) under Docker and the network's gateway under Podman.
+    assert mounts(lb) == {"/etc/nginx/templates/default.conf.template": "./deploy/nginx/simpool.conf"}
+    assert lb["environment"]["NGINX_ENTRYPOINT_LOCAL_RESOLVERS"]
     conf = (REPO / "deploy" / "nginx" / "simpool.conf").read_text()
     assert re.search(r"^\s*listen 8000;", conf, re.M)
     assert "http://simpool:8000;" in conf  # the replicas' network alias and port
-    assert re.search(r"^resolver 127\.0\.0\.11\b", conf, re.M), "Docker's embedded DNS"
+    assert re.search(r"^resolver \$\{NGINX_LOCAL_RESOLVERS\} ", conf, re.M)
+    # Nothing else looks like a template variable (the entry point would replace a defined one).
+    assert set(re.findall(r"\$\{(\w+)\}", conf)) == {"NGINX_LOCAL_RESOLVERS"}
 
 
 def test_compose_monitoring_wiring(compose: dict) -> None:
     services = compose["services"]
     prom, graf = services["prometheus"], services["grafana"]
     for svc in (prom, graf, services["lb"]):
-        image, _, tag = svc["image"].rpartition(":")
+        # An image may be overridable (${VAR:-default}, for a mirror): its default is pinned.
+        default = re.fullmatch(r"\$\{\w+:-(.+)\}", svc["image"])
+        image, _, tag = (default[1] if default else svc["image"]).rpartition(":")
         assert image and re.fullmatch(r"v?\d+\.\d+\.\d+(-[a-z0-9.]+)?", tag), svc["image"]
         for src in mounts(svc).values():
             assert (REPO / src).exists(), f"{src} is mounted but does not exist"
