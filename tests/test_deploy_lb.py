@@ -97,7 +97,7 @@ def loopback_conf(dns_port: int, lb_port: int, replica_port: int) -> str:
     only the two ports rewritten."""
     conf = NGINX_CONF.read_text()
     rewrites = [
-        (r"^resolver \$\{NGINX_LOCAL_RESOLVERS\} ", f"resolver 127.0.0.1:{dns_port} "),
+        (r"^resolver \$\{NGINX_RESOLVER\} ", f"resolver 127.0.0.1:{dns_port} "),
         (r"^(\s*)listen 8000;", rf"\g<1>listen 127.0.0.1:{lb_port};"),
         (r"http://simpool:8000;", f"http://simpool:{replica_port};"),
     ]
