@@ -304,9 +304,8 @@ def test_runtime_stages_run_the_service_as_a_non_root_user(dockerfile: tuple[dic
         env = " ".join(i.args for i in stage.all("ENV"))
         assert "SIMPOOL_MODEL_DIR=/models" in env and "SIMPOOL_HOST=0.0.0.0" in env
         # The exported models, from the `models` stage (which --build-context models=DIR replaces).
-        assert any(
-            i.flags().get("from") == "models" and i.positional() == ["/", "/models"] for i in stage.all("COPY")
-        ), "exported models"
+        copies = [(i.flags().get("from"), i.positional()) for i in stage.all("COPY")]
+        assert ("models", ["/", "/models"]) in copies, "exported models"
         assert "8000" in " ".join(i.args for i in stage.all("EXPOSE"))
 
 
