@@ -22,7 +22,10 @@ export COMPOSE_PROFILES=cpu
 export SIMPOOL_IMAGE_TAG=compose-test
 image=localhost/simpool-serve:$SIMPOOL_IMAGE_TAG-cpu
 models=$repo/build/compose-test/models
+# The host's trust store, for pip behind a TLS-intercepting proxy (mounted only where it exists).
 trust_store=${SIMPOOL_BUILD_CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}
+trust=()
+[ -f "$trust_store" ] && trust=(--volume "$trust_store:/etc/ssl/certs/ca-certificates.crt:ro")
 t0=$SECONDS
 
 step() { printf '\ncompose-test [%4d s] %s\n' "$((SECONDS - t0))" "$*"; }
@@ -82,7 +85,7 @@ step "image $image (target runtime-cpu of ./Dockerfile)"
 podman build --quiet --format docker --target runtime-cpu \
     --build-arg PYTHON_IMAGE="$PYTHON_IMAGE" \
     --build-context models="$models" \
-    --volume "$trust_store:/etc/ssl/certs/ca-certificates.crt:ro" \
+    "${trust[@]}" \
     --tag "$image" . >"$state/build.log" 2>&1 || { cat "$state/build.log"; exit 1; }
 "$here/image-facts.sh" "$image" "$PYTHON_IMAGE"
 
@@ -90,7 +93,7 @@ step "runtime-gpu"
 cuda_image=$(sed -n 's/^ARG CUDA_IMAGE=//p' Dockerfile)
 if podman image exists "$cuda_image" || timeout 60 podman pull --quiet "docker.io/$cuda_image" >"$state/pull.log" 2>&1; then
     podman build --quiet --format docker --target runtime-gpu --build-context models="$models" \
-        --volume "$trust_store:/etc/ssl/certs/ca-certificates.crt:ro" \
+        "${trust[@]}" \
         --tag "localhost/simpool-serve:$SIMPOOL_IMAGE_TAG-gpu" . >"$state/build-gpu.log" 2>&1 ||
         { cat "$state/build-gpu.log"; exit 1; }
     "$here/image-facts.sh" "localhost/simpool-serve:$SIMPOOL_IMAGE_TAG-gpu" "$cuda_image"
