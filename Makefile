@@ -58,6 +58,12 @@ test: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest
 
+# The Dockerfile and docker-compose.yml built and run for real: podman's Docker API + docker-compose,
+# as root, with stand-in base images when no registry is reachable (docs/deploy.md).
+.PHONY: compose-test
+compose-test: $(STAMP)
+	SIMPOOL_VENV_BIN=$(abspath $(BIN)) deploy/compose-test/run.sh
+
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
 
