@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # onnxruntime flavour for the service: cpu (default) or gpu.
 RUNTIME ?= cpu
-EXTRAS ?= $(RUNTIME),export,dev
+EXTRAS ?= $(RUNTIME),export,ray,vectordb,dev
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 MODEL_REPOSITORY ?= model_repository
