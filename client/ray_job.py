@@ -308,13 +308,12 @@ class Clock:
     ray_up: float
     first: float | None = None
     last: float | None = None
-    n_first: int = 0
     n: int = 0
 
     def rows(self, n: int) -> None:
         now = time.monotonic()
         if self.first is None:
-            self.first, self.n_first = now, n
+            self.first = now
         self.last, self.n = now, self.n + n
 
     def summary(self) -> str:
@@ -322,10 +321,10 @@ class Clock:
         if self.first is None or self.last is None:
             return text
         text += f", first rows after {self.first - self.start:.1f} s"
-        if self.n > self.n_first and self.last > self.first:
-            rate = (self.n - self.n_first) / (self.last - self.first)
-            text += f", then {rate:.1f} images/s"
-        return text + f", {self.n} images in {self.last - self.start:.1f} s"
+        after_start = self.n / max(1e-9, self.last - self.ray_up)
+        return (
+            text + f", {self.n} images in {self.last - self.start:.1f} s ({after_start:.1f} images/s once up)"
+        )
 
 
 @contextlib.contextmanager
