@@ -101,7 +101,9 @@ def test_sigkill_loses_nothing_reported_and_rerun_embeds_each_image_once(
         name, path = sorted(photos.items())[i % len(photos)]
         shutil.copy(path, src / f"{i:02d}-{name}")
     out = tmp_path / "shards"
-    cmd = [BIN / "simpool-embed", src, "--out", out, "--engine", "ray", "--local", model_repo / "resnet18"]
+    # The source as a URI: read through pyarrow's filesystem layer, as a bucket would be.
+    cmd = [BIN / "simpool-embed", src.as_uri(), "--out", out, "--engine", "ray"]
+    cmd += ["--local", model_repo / "resnet18"]
     cmd += ["--batch", "1", "--shard-rows", "1", "--workers", "1", "--no-progress"]
     proc = subprocess.Popen([str(c) for c in cmd], stderr=subprocess.PIPE, text=True, env=ENV)
     reported: list[str] = []
