@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shutil
 import subprocess
 import sys
@@ -156,11 +157,13 @@ def bench_faiss(work: Path, base: np.ndarray, queries: np.ndarray, truth: np.nda
             index = make()
             if hasattr(index, "hnsw"):
                 index.hnsw.efConstruction = 80
+            faiss.omp_set_num_threads(os.cpu_count() or 1)
             start = time.perf_counter()
             index.train(base)
             index.add(base)
             build = time.perf_counter() - start
             faiss.write_index(index, str(work / "faiss.index"))
+        faiss.omp_set_num_threads(1)  # one query at a time: threads only add hand-offs
         ps = faiss.ParameterSpace()
         for key, value in search.items():
             ps.set_index_parameter(index, key, value)

@@ -140,18 +140,29 @@ class ShardWriter:
         self._pending.append(table)
         self._pending_rows += table.num_rows
         if self._pending_rows >= self._rows_per_shard or time.monotonic() - self._last >= self._every_s:
-            self.flush()
+            self.flush(whole_shards_only=True)
 
-    def flush(self) -> Path | None:
+    def flush(self, whole_shards_only: bool = False) -> None:
+        """Writes the pending rows as shards of at most `rows_per_shard` (only full ones if asked)."""
         self._last = time.monotonic()
         if not self._pending:
-            return None
-        table = pa.concat_tables(self._pending).sort_by("path")
+            return
+        pending = pa.concat_tables(self._pending)
+        size = self._rows_per_shard
+        end = pending.num_rows - pending.num_rows % size if whole_shards_only else pending.num_rows
+        if whole_shards_only and end == 0:  # the time is up: write what there is
+            end = pending.num_rows
+        for start in range(0, end, size):
+            self._write(pending.slice(start, min(size, end - start)))
+        rest = pending.slice(end)
+        self._pending, self._pending_rows = ([rest] if rest.num_rows else []), rest.num_rows
+
+    def _write(self, table: pa.Table) -> None:
+        table = table.sort_by("path")
         path = self.out / f"part-{self._run}-{self._seq:06d}.parquet"
         store.write_atomic(table, path, self._meta)
         # Reported only now that the shard is in place under its final name.
         self._seq += 1
-        self._pending, self._pending_rows = [], 0
         self.written += table.num_rows
         errors = table.column("error")
         bad = pc.is_valid(errors).to_numpy(zero_copy_only=False)
@@ -159,7 +170,6 @@ class ShardWriter:
         self.failures += [(paths[i], errors[i].as_py()) for i in np.flatnonzero(bad)]
         self.fingerprints |= set(table.column("fingerprint").unique().to_pylist())
         print(f"{PROG}: wrote {path.name} ({table.num_rows} rows, {self.written} this run)", file=sys.stderr)
-        return path
 
 
 def _known(out: Path, fingerprint: str) -> dict[str, str]:
