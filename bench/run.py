@@ -1,7 +1,7 @@
 """Service vs. offline throughput, side by side in one run.
 
 Measures, for one exported model:
-  1. the graph's own offline throughput: onnxruntime called directly on already
+  1. the graph's own offline throughput: the service's runner called directly on already
      preprocessed uint8 batches, one session at several batch sizes, and the service's
      CPU layout under load (two single-thread lanes at once); the best is the bar;
   2. the graph's batch-1 latency (the floor for a lone request);
@@ -42,6 +42,11 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
+from simpool_serve.service.engine import ThreadPlan
+from simpool_serve.service.engine.runner import OnnxRunner
+from simpool_serve.service.settings import Settings
+from simpool_serve.spec import load_manifest
+
 BIN = Path(sys.executable).parent
 
 
@@ -58,26 +63,23 @@ def bench_image(width: int = 500, height: int = 375) -> bytes:
 def offline(
     model_path: Path, size: int, threads: int, batch_sizes: list[int], seconds: float, provider: str
 ) -> dict:
-    """onnxruntime called directly: images/s per batch size and batch-1 latency."""
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    sess = ort.InferenceSession(str(model_path), opts, providers=[provider])
+    """The service's own runner called directly: images/s per batch size and batch-1 latency."""
+    runner = OnnxRunner(model_path, [provider], threads)
     rng = np.random.default_rng(0)
     results: dict[int, float] = {}
     for bs in batch_sizes:
         x = rng.integers(0, 256, (bs, size, size, 3), dtype=np.uint8)
-        sess.run(None, {"images": x})  # warm-up
+        runner.run(x)  # warm-up
         n, t0 = 0, time.perf_counter()
         while time.perf_counter() - t0 < seconds:
-            sess.run(None, {"images": x})
+            runner.run(x)
             n += bs
         results[bs] = n / (time.perf_counter() - t0)
     x1 = rng.integers(0, 256, (1, size, size, 3), dtype=np.uint8)
     lat = []
     for _ in range(30):
         t0 = time.perf_counter()
-        sess.run(None, {"images": x1})
+        runner.run(x1)
         lat.append(time.perf_counter() - t0)
     return {"by_batch": results, "batch1_p50_ms": statistics.median(lat) * 1e3}
 
@@ -85,20 +87,17 @@ def offline(
 def offline_lanes(
     model_path: Path, size: int, lanes: int, threads: int, batch: int, seconds: float, provider: str
 ) -> float:
-    """onnxruntime called directly from `lanes` threads at once, one session of `threads` threads each
-    lane shares (the service's layout under load): images/s at `batch`."""
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    sess = ort.InferenceSession(str(model_path), opts, providers=[provider])
+    """One runner of `threads` threads called from `lanes` threads at once (the service's layout under
+    load, as its batcher calls a model's lane runner): images/s at `batch`."""
+    runner = OnnxRunner(model_path, [provider], threads)
     x = np.random.default_rng(0).integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
-    sess.run(None, {"images": x})
+    runner.run(x)
     counts = [0] * lanes
     start = time.perf_counter()
 
     def lane(i: int) -> None:
         while time.perf_counter() - start < seconds:
-            sess.run(None, {"images": x})
+            runner.run(x)
             counts[i] += batch
 
     workers = [threading.Thread(target=lane, args=(i,)) for i in range(lanes)]
@@ -151,9 +150,19 @@ def serve(model_dir: Path, env: dict[str, str], log: Path) -> Iterator[str]:
         proc.wait(timeout=60)
 
 
-def hey(url: str, body: Path, concurrency: int, seconds: float, qps: float | None = None) -> dict:
+def hey(
+    url: str,
+    body: Path,
+    concurrency: int,
+    seconds: float,
+    qps: float | None = None,
+    content_type: str = "application/json",
+    headers: tuple[str, ...] = (),
+) -> dict:
     """Runs hey and summarises its per-request CSV (only 200s count as served)."""
-    cmd = ["hey", "-z", f"{seconds}s", "-c", str(concurrency), "-m", "POST", "-T", "application/json"]
+    cmd = ["hey", "-z", f"{seconds}s", "-c", str(concurrency), "-m", "POST", "-T", content_type]
+    for header in headers:
+        cmd += ["-H", header]
     if qps:
         cmd += ["-q", str(qps)]
     cmd += ["-D", str(body), "-o", "csv", "-t", "60", url]
@@ -203,11 +212,12 @@ def main(argv: list[str] | None = None) -> int:
     if shutil.which("hey") is None:
         raise SystemExit("bench needs `hey` (Debian: apt-get install hey)")
 
-    if args.lanes is None:  # the service's automatic choice (Settings.resolved_inference_lanes)
-        args.lanes = 2 if (os.cpu_count() or 1) <= 2 and args.threads >= 2 else 1
+    if args.lanes is None:  # the service's own choice for this thread count and provider
+        plan = ThreadPlan.resolve(Settings(providers=[args.provider], intra_op_threads=args.threads))
+        args.lanes = plan.lanes
     model_dir = args.model_dir / args.model
-    manifest = json.loads((model_dir / "manifest.json").read_text())
-    size = int(manifest["input_size"])
+    manifest = load_manifest(model_dir / "manifest.json")
+    size = manifest.input_size
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     graph = model_dir / "model.onnx"
     off = offline(graph, size, args.threads, batch_sizes, args.offline_seconds, args.provider)
@@ -268,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(
         f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
-        f"onnxruntime {ort.__version__}; model {args.model} ({manifest['arch']}, {size}px); "
+        f"onnxruntime {ort.__version__}; model {args.model} ({manifest.arch}, {size}px); "
         f"intra-op threads {args.threads}\n"
     )
     print("offline (onnxruntime direct, preprocessed uint8 batches):")

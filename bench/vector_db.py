@@ -63,13 +63,20 @@ def augmented_photos(n: int, seed: int = 0) -> list[bytes]:
 def embed_real(model_dir: Path, n: int) -> tuple[np.ndarray, str, str]:
     from simpool_serve.client.backends import LocalBackend
 
-    backend = LocalBackend(model_dir, model=None)
-    images = augmented_photos(n)
-    vecs = []
-    for i in range(0, n, 32):
-        outcomes = asyncio.run(backend.embed(images[i : i + 32]))
-        vecs += [o.embedding for o in outcomes if o.embedding is not None]
-    return np.stack(vecs).astype(np.float32), backend.model, backend.fingerprint
+    async def run() -> tuple[list[np.ndarray], str, str]:
+        backend = await LocalBackend.open(model_dir, model=None)
+        try:
+            images = augmented_photos(n)
+            vecs = []
+            for i in range(0, n, 32):
+                outcomes = await backend.embed(images[i : i + 32])
+                vecs += [o.embedding for o in outcomes if o.embedding is not None]
+            return vecs, backend.model, backend.fingerprint
+        finally:
+            await backend.aclose()
+
+    vecs, model, fingerprint = asyncio.run(run())
+    return np.stack(vecs).astype(np.float32), model, fingerprint
 
 
 def synthetic(real: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:

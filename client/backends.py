@@ -1,4 +1,4 @@
-"""Where `simpool-embed` gets embeddings from: a running service, or the service's own code in-process.
+"""Where `simpool-embed` gets embeddings from: a running service, or the service's engine in-process.
 
 Both answer per image (an embedding or an error), so one bad file never costs its batch-mates.
 """
@@ -7,16 +7,19 @@ from __future__ import annotations
 
 import asyncio
 import os
-import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from simpool_serve.client.async_client import AsyncSimPoolClient
 from simpool_serve.client.errors import APIError, SimPoolError
 from simpool_serve.client.retry import RetryPolicy
+from simpool_serve.spec import EMBEDDING
+
+if TYPE_CHECKING:
+    from simpool_serve.service.engine import Engine
 
 
 class FatalError(Exception):
@@ -132,72 +135,67 @@ def resolve_model_dir(model_dir: Path, model: str | None) -> Path:
 
 
 class LocalBackend:
-    """Runs the service's decoding, preprocessing and ONNX Runtime code in this process.
+    """Runs the service's engine in this process: the same decoding, limits, batcher and graph checks.
 
-    The decoding limits and options come from the same `SIMPOOL_*` settings the service reads, so
-    the same environment gives the same embeddings here as from a server.
+    The settings come from the same `SIMPOOL_*` environment the service reads, so the same
+    environment gives the same embeddings here as from a server.
     """
 
-    def __init__(self, model_dir: Path, *, model: str | None) -> None:
-        from simpool_serve.service.manifest import ManifestError, fingerprint, load_manifest
-        from simpool_serve.service.models import open_verified
-        from simpool_serve.service.preprocess import ImageError, decode_image
-        from simpool_serve.service.settings import Settings
+    def __init__(self, engine: Engine, model: str) -> None:
+        self._engine = engine
+        self._model = engine.model(engine.default)
+        self.model = model
+        self.fingerprint = self._model.fingerprint
 
-        folder = resolve_model_dir(model_dir, model)
+    @classmethod
+    async def open(cls, model_dir: Path, *, model: str | None) -> LocalBackend:
+        from simpool_serve.service.engine import Engine, ModelFolder
+        from simpool_serve.service.metrics import Metrics
+        from simpool_serve.service.settings import Settings
+        from simpool_serve.spec import ManifestError
+
+        folder_path = resolve_model_dir(model_dir, model)
         try:
-            self._manifest = load_manifest(folder / "manifest.json")
+            folder = ModelFolder.read(folder_path)
         except ManifestError as exc:
             raise FatalError(str(exc)) from exc
         settings = Settings()
-        self._decode = decode_image
-        self._image_error = ImageError
-        self._decode_kwargs: dict[str, Any] = {
-            "max_pixels": settings.max_image_pixels,
-            "draft": settings.jpeg_draft,
-        }
-        self._max_bytes = settings.max_image_bytes
+        engine = Engine(settings, Metrics(settings.max_batch_size or 32), {folder.name: folder}, folder.name)
         # As the service does: the rows written carry the manifest's fingerprint, so the graph must be the
         # one the manifest names, and its outputs the shapes it describes.
-        # One runner, one inference at a time (as in the service); decoding runs in parallel beside it.
         try:
-            threads = settings.resolved_intra_op_threads()
-            self._runner = open_verified(folder / "model.onnx", self._manifest, settings.providers, threads)
-        except ValueError as exc:  # not the manifest's graph, or not the shapes it describes
+            await engine.load()
+        except (ValueError, RuntimeError) as exc:  # not the manifest's graph, or not the shapes it describes
+            await engine.close()
             raise FatalError(str(exc)) from exc
-        self._run_lock = threading.Lock()
-        self.model = self._manifest.name
-        self.fingerprint = fingerprint(self._manifest)
-
-    def _embed_sync(self, images: list[bytes]) -> list[Outcome]:
-        pixels: list[np.ndarray] = []
-        errors: dict[int, str] = {}
-        for i, data in enumerate(images):
-            if len(data) > self._max_bytes:
-                errors[i] = f"image of {len(data)} bytes exceeds the limit of {self._max_bytes}"
-                continue
-            try:
-                pixels.append(self._decode(data, self._manifest, **self._decode_kwargs))
-            except self._image_error as exc:
-                errors[i] = str(exc)
-        vectors = np.empty((0, 0), np.float32)
-        if pixels:
-            with self._run_lock:
-                vectors = l2_normalize(self._runner.run(np.stack(pixels))["embedding"])
-        out: list[Outcome] = []
-        it = iter(vectors)
-        for i in range(len(images)):
-            if i in errors:
-                out.append(Outcome(None, errors[i], self.fingerprint))
-            else:
-                out.append(Outcome(next(it), None, self.fingerprint))
-        return out
+        return cls(engine, folder.manifest.name)
 
     async def embed(self, images: list[bytes]) -> list[Outcome]:
-        return await asyncio.to_thread(self._embed_sync, images)
+        # One engine call takes at most a request's worth of images, as one HTTP request would.
+        step = self._engine.settings.max_images_per_request
+        chunks = [images[i : i + step] for i in range(0, len(images), step)]
+        parts = await asyncio.gather(*(self._embed(chunk) for chunk in chunks))
+        return [outcome for part in parts for outcome in part]
+
+    async def _embed(self, images: list[bytes]) -> list[Outcome]:
+        from simpool_serve.service.engine import EngineError
+
+        try:
+            answer = await self._engine.run(
+                self._model, images=list(images), deadline=self._engine.deadline(), on_error="skip"
+            )
+        except EngineError as exc:  # the whole call refused (deadline, queue full): every image failed
+            return [Outcome(None, exc.detail, self.fingerprint)] * len(images)
+        failed = {f.index: f.detail for f in answer.failures}
+        return [
+            Outcome(None, failed[i], self.fingerprint)
+            if out is None
+            else Outcome(l2_normalize(out[EMBEDDING]), None, self.fingerprint)
+            for i, out in enumerate(answer.outputs)
+        ]
 
     async def aclose(self) -> None:
-        return None
+        await self._engine.close()
 
 
 def default_url() -> str:

@@ -21,7 +21,8 @@ from tqdm import tqdm
 from simpool_serve.client import store
 from simpool_serve.client.backends import Backend, FatalError, HttpBackend, LocalBackend, default_url
 from simpool_serve.client.ray_args import add_ray_arguments, check_ray_arguments, reject_ray_only
-from simpool_serve.client.walk import find_images, sha256_bytes, sha256_file
+from simpool_serve.client.walk import find_images, sha256_bytes
+from simpool_serve.spec import sha256_file
 
 PROG = "simpool-embed"
 
@@ -132,7 +133,7 @@ async def _embed_all(
 
 async def _open_backend(args: argparse.Namespace) -> Backend:
     if args.local is not None:
-        return await asyncio.to_thread(LocalBackend, args.local, model=args.model)
+        return await LocalBackend.open(args.local, model=args.model)
     return await HttpBackend.open(
         args.url or default_url(),
         model=args.model,

@@ -15,6 +15,7 @@ from typing import Any, Generic, Literal, TypeVar
 import httpx
 import numpy as np
 
+from simpool_serve import spec
 from simpool_serve.client.errors import ResponseFormatError, SimPoolError
 from simpool_serve.client.inputs import ImageInput, size_hint, to_base64
 from simpool_serve.client.results import (
@@ -29,13 +30,10 @@ from simpool_serve.client.results import (
 T = TypeVar("T")
 OnError = Literal["fail", "skip"]
 
-# The service's own defaults for SIMPOOL_MAX_IMAGES_PER_REQUEST and SIMPOOL_MAX_REQUEST_BYTES.
-DEFAULT_MAX_IMAGES_PER_REQUEST = 64
-DEFAULT_MAX_REQUEST_BYTES = 100 * 2**20
-
 
 def _env_limit(name: str, default: int) -> int:
-    """The server's limit if this environment sets it (client and server often share one), or the default."""
+    """The server's limit if this environment sets it (client and server often share one), or the
+    service's own default."""
     raw = os.environ.get(name, "").strip()
     if not raw:
         return default
@@ -46,11 +44,11 @@ def _env_limit(name: str, default: int) -> int:
 
 
 def default_max_images_per_request() -> int:
-    return _env_limit("SIMPOOL_MAX_IMAGES_PER_REQUEST", DEFAULT_MAX_IMAGES_PER_REQUEST)
+    return _env_limit("SIMPOOL_MAX_IMAGES_PER_REQUEST", spec.MAX_IMAGES_PER_REQUEST)
 
 
 def default_max_request_bytes() -> int:
-    return _env_limit("SIMPOOL_MAX_REQUEST_BYTES", DEFAULT_MAX_REQUEST_BYTES)
+    return _env_limit("SIMPOOL_MAX_REQUEST_BYTES", spec.MAX_REQUEST_BYTES)
 
 
 def plan_chunks(sizes: Sequence[int], max_images: int, max_bytes: int) -> list[int]:

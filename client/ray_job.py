@@ -69,7 +69,9 @@ class EmbedActor:
     def __init__(self, model_dir: str, model: str | None, threads: int, known: dict[str, str]) -> None:
         # Sizes the session before it is built: the backend reads its settings from the environment.
         os.environ.setdefault("SIMPOOL_INTRA_OP_THREADS", str(threads))
-        self._backend = LocalBackend(Path(model_dir), model=model)
+        # The backend's engine lives on one event loop for the actor's lifetime; each batch runs on it.
+        self._loop = asyncio.new_event_loop()
+        self._backend = self._loop.run_until_complete(LocalBackend.open(Path(model_dir), model=model))
         self._known = known
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -94,7 +96,7 @@ class EmbedActor:
             else:
                 todo.append(i)
         if todo:
-            outcomes = asyncio.run(self._backend.embed([datas[i] for i in todo]))
+            outcomes = self._loop.run_until_complete(self._backend.embed([datas[i] for i in todo]))
             for i, o in zip(todo, outcomes, strict=True):
                 rows[i] = store.Row(paths[i], shas[i], model, o.fingerprint, o.embedding, o.error)
         table = store.rows_to_table([r for r in rows if r is not None])
@@ -172,6 +174,15 @@ class ShardWriter:
         print(f"{PROG}: wrote {path.name} ({table.num_rows} rows, {self.written} this run)", file=sys.stderr)
 
 
+async def _probe(model_dir: Path, model: str | None) -> tuple[str, str]:
+    """The model's name and fingerprint, from the same backend the actors open (so the same checks)."""
+    backend = await LocalBackend.open(model_dir, model=model)
+    try:
+        return backend.model, backend.fingerprint
+    finally:
+        await backend.aclose()
+
+
 def _known(out: Path, fingerprint: str) -> dict[str, str]:
     """path -> sha256 of the rows a re-run may keep (embedded, same fingerprint)."""
     existing, warnings = store.read_shards(out)
@@ -221,10 +232,7 @@ def run(args: argparse.Namespace) -> int:
         raise FatalError(f"{out} exists and is not a directory (--engine ray writes a folder of shards)")
     source = open_source(args.source)
     # Checked here first, so a bad model folder stops the run before a cluster is involved.
-    probe = LocalBackend(args.local, model=args.model)
-    model, fingerprint = probe.model, probe.fingerprint
-    asyncio.run(probe.aclose())
-    del probe
+    model, fingerprint = asyncio.run(_probe(args.local, args.model))
     paths = source.list_images()
     out.mkdir(parents=True, exist_ok=True)
     _clean_stale_temps(out)

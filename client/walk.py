@@ -6,8 +6,7 @@ import hashlib
 import os
 from pathlib import Path
 
-# The formats the service decodes (CONTRACT §3), by the extensions they are saved with.
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+from simpool_serve.spec import IMAGE_EXTENSIONS
 
 
 def find_images(root: Path) -> list[str]:
@@ -23,14 +22,6 @@ def find_images(root: Path) -> list[str]:
             if Path(name).suffix.lower() in IMAGE_EXTENSIONS and not name.startswith("."):
                 found.append(Path(dirpath, name).relative_to(root).as_posix())
     return sorted(found)
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def sha256_bytes(data: bytes) -> str:

@@ -1,4 +1,4 @@
-"""`simpool-export`: checkpoint (or random init) -> verified model.onnx + manifest.json (CONTRACT §2).
+"""`simpool-export`: checkpoint (or random init) -> verified model.onnx + manifest.json.
 
 Exit codes: 0 written and verified; 1 the parity gate failed (nothing is left behind);
 2 bad arguments, or a checkpoint that is refused, unreadable or does not match the model;
@@ -16,6 +16,8 @@ import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from simpool_serve.spec import DEFAULT_OPSET
+
 # torch, timm and onnx load inside run(): a usage error is reported without waiting for them.
 if TYPE_CHECKING:
     from simpool_serve.models.checkpoint import ImportedCheckpoint
@@ -25,7 +27,6 @@ EXIT_USAGE = 2
 EXIT_INTERNAL = 3
 # ViT's attention needs opset 14 (scaled_dot_product_attention); the top is onnx's newest opset.
 MIN_OPSET = 14
-DEFAULT_OPSET = 18  # keep in step with simpool_serve.export.graph.DEFAULT_OPSET (a test checks it)
 
 
 def _gamma(text: str) -> float | None:
@@ -68,6 +69,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed for --random-init (default 0)")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
     p.add_argument("--fp16", action="store_true", help="half-precision weights; input uint8, outputs float32")
+    p.add_argument(
+        "--triton-repo",
+        type=Path,
+        help="also write a Triton model repository entry DIR/NAME/config.pbtxt + DIR/NAME/1/model.onnx",
+    )
+    p.add_argument(
+        "--triton-max-batch-size",
+        type=int,
+        default=32,
+        help="max_batch_size of the Triton entry (default 32)",
+    )
+    p.add_argument(
+        "--triton-tensorrt",
+        action="store_true",
+        help="add the TensorRT accelerator (FP16, engine cache) to the Triton entry",
+    )
     return p
 
 
@@ -75,7 +92,7 @@ def _load(args: argparse.Namespace) -> tuple[ImportedCheckpoint | None, str | No
     from simpool_serve.models.checkpoint import import_checkpoint
     from simpool_serve.models.remote import resolve_checkpoint
     from simpool_serve.models.safe_load import load_file
-    from simpool_serve.service.manifest import sha256_file
+    from simpool_serve.spec import sha256_file
 
     if args.random_init:
         return None, None
@@ -165,6 +182,17 @@ def run(args: argparse.Namespace) -> int:
     )
     write_manifest(build_manifest(inputs, pre, onnx_path, errors), manifest_path)
     print(f"wrote {manifest_path} in {time.perf_counter() - t0:.1f}s")
+    if args.triton_repo is not None:
+        from simpool_serve.export.triton_repo import write_triton_entry
+
+        entry = write_triton_entry(
+            args.triton_repo,
+            inputs.name,
+            out,
+            max_batch_size=args.triton_max_batch_size,
+            tensorrt=args.triton_tensorrt,
+        )
+        print(f"wrote Triton model {entry}/config.pbtxt and {entry}/1/model.onnx")
     if imported is None:
         print("warning: random weights — this model is untrained and its answers are meaningless")
     return 0
@@ -177,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("pass exactly one of --checkpoint or --random-init")
     if args.image_size is not None and args.image_size < 32:
         parser.error("--image-size must be at least 32")
+    if args.triton_max_batch_size < 1:
+        parser.error("--triton-max-batch-size must be at least 1")
     import onnx
 
     if not MIN_OPSET <= args.opset <= onnx.defs.onnx_opset_version():

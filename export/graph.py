@@ -14,12 +14,7 @@ import torch
 from torch import nn
 
 from simpool_serve.models.model import SimPoolModel
-
-INPUT_NAME = "images"
-OUTPUT_NAMES_ALL = ("embedding", "attention", "logits")
-# Pinned: the dynamo exporter's native opset (LayerNormalization, ReduceMin with axes as an input);
-# onnxruntime ≥ 1.14 runs it. --opset 14..17 uses the TorchScript exporter instead.
-DEFAULT_OPSET = 18
+from simpool_serve.spec import DEFAULT_OPSET, INPUT, OUTPUTS, REQUIRED_OUTPUTS
 
 
 class ServingGraph(nn.Module):
@@ -34,7 +29,7 @@ class ServingGraph(nn.Module):
 
     @property
     def output_names(self) -> list[str]:
-        return list(OUTPUT_NAMES_ALL if self.model.head is not None else OUTPUT_NAMES_ALL[:2])
+        return list(OUTPUTS if self.model.head is not None else REQUIRED_OUTPUTS)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """images: uint8 (N, S, S, 3) RGB -> float32 outputs in `output_names` order."""
@@ -62,9 +57,9 @@ def export_onnx(graph: ServingGraph, path: Path, image_size: int, opset: int = D
             program = torch.onnx.export(
                 graph,
                 (example,),
-                input_names=[INPUT_NAME],
+                input_names=[INPUT],
                 output_names=names,
-                dynamic_shapes={INPUT_NAME: {0: torch.export.Dim("N", min=1, max=4096)}},
+                dynamic_shapes={INPUT: {0: torch.export.Dim("N", min=1, max=4096)}},
                 opset_version=opset,
                 dynamo=True,
                 external_data=False,
@@ -76,9 +71,9 @@ def export_onnx(graph: ServingGraph, path: Path, image_size: int, opset: int = D
                 graph,
                 (example,),
                 str(path),
-                input_names=[INPUT_NAME],
+                input_names=[INPUT],
                 output_names=names,
-                dynamic_axes={n: {0: "N"} for n in [INPUT_NAME, *names]},
+                dynamic_axes={n: {0: "N"} for n in [INPUT, *names]},
                 opset_version=opset,
                 dynamo=False,
             )

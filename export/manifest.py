@@ -1,15 +1,18 @@
-"""manifest.json: what the service needs to know about a graph without reading it (CONTRACT §2)."""
+"""manifest.json: what the service needs to know about a graph without reading it.
+
+The file is built as a `spec.Manifest` (the model the service reads it back with), so a field the
+service relies on cannot be missing or of the wrong type; the exporter's extra fields ride along.
+"""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from simpool_serve import __version__
 from simpool_serve.export.preprocess import Preprocessing
-from simpool_serve.service.manifest import sha256_file  # the service checks onnx_sha256 with the same code
+from simpool_serve.spec import Manifest, sha256_file
 
 
 def imagenet_labels() -> list[str]:
@@ -42,37 +45,39 @@ class ManifestInputs:
 
 def build_manifest(
     inputs: ManifestInputs, pre: Preprocessing, onnx_path: Path, parity: dict[str, float]
-) -> dict[str, object]:
+) -> Manifest:
     m = inputs
-    return {
-        "name": m.name,
-        "arch": m.arch,
-        "family": m.family,
-        "placement": m.placement,
-        "embedding_dim": int(m.embedding_dim),
-        "num_classes": int(m.num_classes),
-        "input_size": int(pre.input_size),
-        "grid": [int(m.grid[0]), int(m.grid[1])],
-        "mean": [float(v) for v in pre.mean],
-        "std": [float(v) for v in pre.std],
-        "resize": int(pre.resize),
-        "interpolation": pre.interpolation,
-        "gamma": None if m.gamma is None else float(m.gamma),
-        "use_beta": bool(m.use_beta),
-        "weights": m.weights,
-        "checkpoint_sha256": m.checkpoint_sha256,
-        "checkpoint_format": m.checkpoint_format,
-        "seed": m.seed,
-        "onnx_sha256": sha256_file(onnx_path),
-        "labels": imagenet_labels() if m.num_classes == 1000 else None,
-        "opset": int(m.opset),
-        "precision": m.precision,
-        "outputs": list(m.outputs),
-        "parity": {k: float(v) for k, v in parity.items()},
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
-        "exporter_version": __version__,
-        "toolchain": toolchain(),
-    }
+    return Manifest.model_validate(
+        {
+            "name": m.name,
+            "arch": m.arch,
+            "family": m.family,
+            "placement": m.placement,
+            "embedding_dim": int(m.embedding_dim),
+            "num_classes": int(m.num_classes),
+            "input_size": int(pre.input_size),
+            "grid": [int(m.grid[0]), int(m.grid[1])],
+            "mean": [float(v) for v in pre.mean],
+            "std": [float(v) for v in pre.std],
+            "resize": int(pre.resize),
+            "interpolation": pre.interpolation,
+            "gamma": None if m.gamma is None else float(m.gamma),
+            "use_beta": bool(m.use_beta),
+            "weights": m.weights,
+            "checkpoint_sha256": m.checkpoint_sha256,
+            "checkpoint_format": m.checkpoint_format,
+            "seed": m.seed,
+            "onnx_sha256": sha256_file(onnx_path),
+            "labels": imagenet_labels() if m.num_classes == 1000 else None,
+            "opset": int(m.opset),
+            "precision": m.precision,
+            "outputs": list(m.outputs),
+            "parity": {k: float(v) for k, v in parity.items()},
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+            "exporter_version": __version__,
+            "toolchain": toolchain(),
+        }
+    )
 
 
 def toolchain() -> dict[str, str]:
@@ -84,5 +89,5 @@ def toolchain() -> dict[str, str]:
     return {"torch": torch.__version__, "timm": timm.__version__, "onnx": onnx.__version__}
 
 
-def write_manifest(manifest: dict[str, object], path: Path) -> None:
-    path.write_text(json.dumps(manifest, indent=2) + "\n")
+def write_manifest(manifest: Manifest, path: Path) -> None:
+    path.write_text(manifest.to_json())

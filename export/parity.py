@@ -14,7 +14,8 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from simpool_serve.export.graph import INPUT_NAME, ServingGraph
+from simpool_serve.export.graph import ServingGraph
+from simpool_serve.spec import INPUT
 
 FP32_TOLERANCE = 1e-4
 FP16_TOLERANCE = 1e-2
@@ -41,7 +42,7 @@ def check_parity(
     worst = dict.fromkeys(names, 0.0)
     for n in batch_sizes:
         images = rng.integers(0, 256, size=(n, image_size, image_size, 3), dtype=np.uint8)
-        got = session.run(names, {INPUT_NAME: images})
+        got = session.run(names, {INPUT: images})
         with torch.no_grad():
             ref = reference(torch.from_numpy(images))
         for name, g, r in zip(names, got, ref, strict=True):

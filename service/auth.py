@@ -1,27 +1,34 @@
-"""API key: `Authorization: Bearer <SIMPOOL_API_KEY>`, compared in constant time."""
+"""API key: `Authorization: Bearer <SIMPOOL_API_KEY>`, compared in constant time.
+
+Every door applies it the same way: `dependencies=[Depends(require_key)]` on its router (the probes
+stay open).
+"""
 
 import hmac
-from collections.abc import Awaitable, Callable
 from typing import Annotated
 
-from fastapi import Depends
+from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from simpool_serve.service.errors import ServiceError
+from simpool_serve.service.engine.errors import EngineError, Kind
+from simpool_serve.service.settings import Settings
+
+_bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer <SIMPOOL_API_KEY>` when set.")
 
 
-def bearer_auth(key: str | None) -> Callable[..., Awaitable[None]]:
-    """A FastAPI dependency that refuses (401) requests without the key; a no-op when `key` is None."""
-    api_key = key.encode() if key else None
-    bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer <SIMPOOL_API_KEY>` when set.")
+def settings_of(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
 
-    async def require_key(creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
-        if api_key is None:
-            return
-        given = creds.credentials.encode() if creds is not None else b""
-        if creds is None or not hmac.compare_digest(given, api_key):
-            raise ServiceError(
-                401, "missing or wrong API key", "unauthorized", {"WWW-Authenticate": "Bearer"}
-            )
 
-    return require_key
+async def require_key(
+    settings: Annotated[Settings, Depends(settings_of)],
+    creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    """Refuses (401) a request without the key; lets every request through when no key is set."""
+    if settings.api_key is None:
+        return
+    expected = settings.api_key.get_secret_value().encode()
+    given = creds.credentials.encode() if creds is not None else b""
+    if creds is None or not hmac.compare_digest(given, expected):
+        raise EngineError(Kind.UNAUTHORIZED, "missing or wrong API key", "unauthorized")

@@ -1,6 +1,14 @@
-"""Every error leaves as JSON `{"detail": "..."}`: the service's own, FastAPI's validation, Starlette's."""
+"""Every error leaves as JSON: the engine's, FastAPI's validation, Starlette's (unknown path, 405).
+
+The status comes from the error (`EngineError.kind.status`: the same for every door); the body's
+shape is the door's: `{"detail": ...}` by default, and another for a path prefix given in `shapes`
+(an Open Inference Protocol or OpenAI door answers in its own protocol's shape). Failures are counted
+by reason under the model the route recorded (none when it failed before knowing one).
+"""
 
 import logging
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -8,39 +16,61 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from simpool_serve.service.errors import ServiceError
+from simpool_serve.service.engine.errors import EngineError
 from simpool_serve.service.metrics import Metrics
+from simpool_serve.service.observe import record_of
 from simpool_serve.service.parsing import describe
 
 log = logging.getLogger("simpool_serve.app")
 
+# (status, detail, the error or None) → the JSON body of the answer.
+ErrorShape = Callable[[int, str, EngineError | None], dict[str, Any]]
 
-def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
-    """Registers the handlers; failures are counted by reason under the request's model (if known)."""
 
-    @app.exception_handler(ServiceError)
-    async def on_service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        metrics.failures.labels(getattr(request.state, "model", ""), exc.reason).inc()
-        return JSONResponse({"detail": exc.detail}, status_code=exc.status, headers=exc.headers)
+def detail_shape(status: int, detail: str, error: EngineError | None) -> dict[str, Any]:
+    return {"detail": detail}
+
+
+def install_error_handlers(
+    app: FastAPI, metrics: Metrics, shapes: Mapping[str, ErrorShape] | None = None
+) -> None:
+    """Registers the handlers; `shapes` maps a path prefix (e.g. "/v2/") to its error body."""
+    by_prefix = dict(shapes or {})
+
+    def answer(
+        request: Request,
+        status: int,
+        detail: str,
+        error: EngineError | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> JSONResponse:
+        path = request.url.path
+        shape = next((s for prefix, s in by_prefix.items() if path.startswith(prefix)), detail_shape)
+        return JSONResponse(shape(status, detail, error), status_code=status, headers=headers)
+
+    @app.exception_handler(EngineError)
+    async def on_engine_error(request: Request, exc: EngineError) -> JSONResponse:
+        metrics.failures.labels(record_of(request).model, exc.reason).inc()
+        return answer(request, exc.status, exc.detail, exc, exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        metrics.failures.labels(getattr(request.state, "model", ""), "malformed").inc()
+        metrics.failures.labels(record_of(request).model, "malformed").inc()
         detail = "; ".join(
             f"{'.'.join(str(p) for p in e.get('loc', ())) or 'request'}: {e.get('msg', 'invalid')}"
             for e in exc.errors()
         )
-        return JSONResponse({"detail": detail or "malformed request"}, status_code=422)
+        return answer(request, 422, detail or "malformed request")
 
     @app.exception_handler(ValidationError)
     async def on_pydantic_error(request: Request, exc: ValidationError) -> JSONResponse:
-        return JSONResponse({"detail": describe(exc)}, status_code=422)
+        return answer(request, 422, describe(exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse({"detail": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+        return answer(request, exc.status_code, str(exc.detail), headers=exc.headers)
 
     @app.exception_handler(Exception)
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.error("unhandled error", exc_info=exc)
-        return JSONResponse({"detail": "internal error; the details are in the server log"}, status_code=500)
+        return answer(request, 500, "internal error; the details are in the server log")

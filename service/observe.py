@@ -1,17 +1,38 @@
-"""Observing requests: one count, one duration and one log line per request, whatever its outcome."""
+"""Observing requests: one count, one duration and one log line per request, whatever its outcome.
+
+The `endpoint` label is the path template of the route that answered ("other" for an unknown path),
+so every door's routes are labelled without a list to keep in step. What only the route learns (the
+model, the number of images) it writes into the request's `RequestRecord` (the `RecordDep`
+dependency); the middleware reads it back when the answer has gone out.
+"""
 
 import logging
 import time
-from typing import Any
+from dataclasses import dataclass
 
+from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from simpool_serve.service.metrics import Metrics
 
 log = logging.getLogger("simpool_serve.app")
 
-ENDPOINTS = ("/embed", "/attention", "/classify", "/models", "/healthz", "/readyz", "/metrics")
 _QUIET = {"/healthz", "/readyz", "/metrics"}  # probes and scrapes are logged at debug level
+_RECORD = "simpool.record"  # the scope key of a request's record
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    """The labels of one request that only its route knows: the model that answered, how many images."""
+
+    model: str = ""
+    images: int = 0
+
+
+def record_of(conn: HTTPConnection) -> RequestRecord:
+    """The request's record (a FastAPI dependency: routes write the model and image count into it)."""
+    record: RequestRecord = conn.scope[_RECORD]
+    return record
 
 
 class RequestObserver:
@@ -26,7 +47,7 @@ class RequestObserver:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        state: dict[str, Any] = scope.setdefault("state", {})
+        record = scope[_RECORD] = RequestRecord()
         status = 500
 
         async def observed_send(message: Message) -> None:
@@ -38,11 +59,10 @@ class RequestObserver:
         try:
             await self.app(scope, receive, observed_send)
         finally:
-            path = scope["path"]
-            endpoint = path if path in ENDPOINTS else "other"
-            model = state.get("model", "")
+            route = scope.get("route")  # set by the router on the route that matched
+            endpoint = getattr(route, "path", None) or "other"
             seconds = time.perf_counter() - start
-            self.metrics.requests.labels(endpoint, model, str(status)).inc()
+            self.metrics.requests.labels(endpoint, record.model, str(status)).inc()
             self.metrics.request_duration.labels(endpoint).observe(seconds)
             log.log(
                 logging.DEBUG if endpoint in _QUIET else logging.INFO,
@@ -50,8 +70,8 @@ class RequestObserver:
                 extra={
                     "method": scope["method"],
                     "endpoint": endpoint,
-                    "model": model,
-                    "images": state.get("images", 0),
+                    "model": record.model,
+                    "images": record.images,
                     "status": status,
                     "duration_ms": round(seconds * 1000, 2),
                 },

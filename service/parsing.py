@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
-from simpool_serve.service.errors import ServiceError
+from simpool_serve.service.engine.errors import EngineError, Kind
 
 OnError = Literal["fail", "skip"]
 
@@ -107,7 +107,9 @@ async def read_body(request: Request, limit: int, deadline: float | None = None)
     """
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise ServiceError(413, f"request body of {declared} bytes is over the limit of {limit}", "too_large")
+        raise EngineError(
+            Kind.TOO_LARGE, f"request body of {declared} bytes is over the limit of {limit}", "too_large"
+        )
     chunks: list[bytes] = []
     size = 0
     try:
@@ -115,23 +117,31 @@ async def read_body(request: Request, limit: int, deadline: float | None = None)
             async for chunk in request.stream():
                 size += len(chunk)
                 if size > limit:
-                    raise ServiceError(413, f"request body is over the limit of {limit} bytes", "too_large")
+                    raise EngineError(
+                        Kind.TOO_LARGE, f"request body is over the limit of {limit} bytes", "too_large"
+                    )
                 chunks.append(chunk)
     except ClientDisconnect as exc:
-        raise ServiceError(499, "client closed the connection while sending", "disconnected") from exc
+        raise EngineError(
+            Kind.DISCONNECTED, "client closed the connection while sending", "disconnected"
+        ) from exc
     except TimeoutError:
-        raise ServiceError(
-            504, f"request body not received in time ({size} bytes by the request deadline)", "timeout"
+        raise EngineError(
+            Kind.TIMEOUT,
+            f"request body not received in time ({size} bytes by the request deadline)",
+            "timeout",
         ) from None
     return b"".join(chunks)
 
 
-def _too_many(count: int, limit: int) -> ServiceError:
-    return ServiceError(413, f"{count} images in one request, over the limit of {limit}", "too_many_images")
+def _too_many(count: int, limit: int) -> EngineError:
+    return EngineError(
+        Kind.TOO_LARGE, f"{count} images in one request, over the limit of {limit}", "too_many_images"
+    )
 
 
-def _invalid(detail: str) -> ServiceError:
-    return ServiceError(422, detail, "malformed")
+def _invalid(detail: str) -> EngineError:
+    return EngineError(Kind.INVALID, detail, "malformed")
 
 
 # Most parts other than images in one multipart body: the endpoints take a handful of fields, and
@@ -202,7 +212,7 @@ def parse_multipart(body: bytes, content_type: str, max_images: int) -> tuple[li
     try:
         parser.write(body)
         parser.finalize()
-    except ServiceError:
+    except EngineError:
         raise
     except Exception as exc:
         raise _invalid(f"malformed multipart body: {exc}") from exc
@@ -214,13 +224,13 @@ def parse_multipart(body: bytes, content_type: str, max_images: int) -> tuple[li
 async def parse_request(
     request: Request, fields_type: type[Fields], limits: Limits, deadline: float | None = None
 ) -> Parsed:
-    """Reads and validates an image request; raises `ServiceError` (413, 415, 422, 504) on a bad one."""
+    """Reads and validates an image request; raises `EngineError` (413, 415, 422, 504) on a bad one."""
     content_type = request.headers.get("content-type", "")
     media = content_type.split(";", 1)[0].strip().lower()
     is_json = media == "application/json" or media.endswith("+json")
     if not is_json and media != "multipart/form-data":
-        raise ServiceError(
-            415,
+        raise EngineError(
+            Kind.UNSUPPORTED_MEDIA,
             f"content type {media or '(none)'!r}: use application/json or multipart/form-data",
             "unsupported_media_type",
         )

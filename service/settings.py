@@ -1,6 +1,7 @@
 """The one settings object of the service: environment variables `SIMPOOL_*`, overridden by CLI flags.
 
-Read once, by whoever builds the app (the CLI or a test), never at import time.
+Read once, by whoever builds the app (the CLI or a test), never at import time. The thread rules
+(`resolved_*`) are applied once, by the engine's `ThreadPlan`; everything else reads the plan.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from simpool_serve import spec
 
 
 def available_cores() -> int:
@@ -46,12 +49,14 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(30.0, gt=0, description="Per-request deadline; beyond it, 504.")
 
     # Limits checked before any pixel is decoded.
-    max_images_per_request: int = Field(64, ge=1)
-    max_image_bytes: int = Field(20 * 2**20, ge=1, description="Most bytes of one encoded image.")
+    max_images_per_request: int = Field(spec.MAX_IMAGES_PER_REQUEST, ge=1)
+    max_image_bytes: int = Field(spec.MAX_IMAGE_BYTES, ge=1, description="Most bytes of one encoded image.")
     max_request_bytes: int = Field(
-        100 * 2**20, ge=1, description="Most bytes of one request body (base64 included)."
+        spec.MAX_REQUEST_BYTES, ge=1, description="Most bytes of one request body (base64 included)."
     )
-    max_image_pixels: int = Field(50_000_000, ge=1, description="Most pixels (width × height) of one image.")
+    max_image_pixels: int = Field(
+        spec.MAX_IMAGE_PIXELS, ge=1, description="Most pixels (width × height) of one image."
+    )
     jpeg_draft: bool = Field(True, description="Let JPEG decoding skip detail the resize would discard.")
 
     # Runtime and threads.

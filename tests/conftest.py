@@ -162,3 +162,19 @@ def server(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
     a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+DOOR_KEY = "door-key-9"
+
+
+@pytest.fixture(scope="session")
+def keyed_server(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A server that wants an API key (`DOOR_KEY`) and takes at most 2 images per request; shared by
+    the standard doors' tests (Open Inference Protocol, OpenAI)."""
+    env = {
+        "SIMPOOL_API_KEY": DOOR_KEY,
+        "SIMPOOL_MAX_IMAGES_PER_REQUEST": "2",
+        "SIMPOOL_DEFAULT_MODEL": "resnet18",
+    }
+    with start_server(model_repo, tmp_path_factory.mktemp("keyed-logs"), env) as s:
+        yield s

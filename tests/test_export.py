@@ -1,4 +1,4 @@
-"""`simpool-export` end to end: the ONNX graph and manifest.json that the service relies on (CONTRACT §2)."""
+"""`simpool-export` end to end: the ONNX graph and manifest.json that the service relies on."""
 
 from __future__ import annotations
 
@@ -20,28 +20,7 @@ from simpool_serve.export.graph import ServingGraph
 from simpool_serve.export.parity import check_parity
 from simpool_serve.export.preprocess import preprocessing_for
 from simpool_serve.models.model import ModelConfig, build_model
-
-MANIFEST_TYPES: dict[str, type | tuple[type, ...]] = {
-    "name": str,
-    "arch": str,
-    "embedding_dim": int,
-    "num_classes": int,
-    "input_size": int,
-    "grid": list,
-    "mean": list,
-    "std": list,
-    "resize": int,
-    "interpolation": str,
-    "gamma": (float, type(None)),
-    "weights": str,
-    "checkpoint_sha256": (str, type(None)),
-    "onnx_sha256": str,
-    "labels": (list, type(None)),
-    "opset": int,
-    "precision": str,
-    "created_at": str,
-    "exporter_version": str,
-}
+from simpool_serve.spec import Manifest
 
 
 def manifest_of(d: Path) -> dict:
@@ -61,10 +40,14 @@ def photo_batch(photos: dict[str, Path], n: int, size: int = 224) -> np.ndarray:
 @pytest.mark.parametrize("name", ["resnet18", "vit_tiny"])
 def test_manifest_has_every_contract_field(model_repo: Path, name: str) -> None:
     d = model_repo / name
-    m = manifest_of(d)
-    for field, kind in MANIFEST_TYPES.items():
-        assert field in m, field
-        assert isinstance(m[field], kind) and not isinstance(m[field], bool), (field, m[field])
+    text = (d / "manifest.json").read_text()
+    m = json.loads(text)
+    missing = set(Manifest.model_fields) - set(m)
+    assert not missing, missing  # every field written, even those that may be null
+    # Strict: the JSON types are the manifest's own (no "512" for 512, no true for 1).
+    Manifest.model_validate_json(text, strict=True)
+    nullable = {"gamma", "checkpoint_sha256", "labels"}
+    assert all(m[f] is not None for f in set(Manifest.model_fields) - nullable), m
     assert m["name"] == name
     assert m["weights"] == "random" and m["checkpoint_sha256"] is None and m["seed"] == 0
     assert m["onnx_sha256"] == hashlib.sha256((d / "model.onnx").read_bytes()).hexdigest()
@@ -214,12 +197,6 @@ def test_usage_errors_exit_2(tmp_path: Path, args: list[str], message: str) -> N
     assert not (tmp_path / "out" / "manifest.json").exists()
 
 
-def test_cli_default_opset_matches_graph() -> None:
-    from simpool_serve.export import cli, graph
-
-    assert cli.DEFAULT_OPSET == graph.DEFAULT_OPSET
-
-
 def test_preprocessing_uses_the_papers_evaluation_crop() -> None:
     """Supervised: the paper's train script evaluates with the pretrained config's crop_pct
     (supervised/timm/models/resnet.py: resnet50 crop_pct=0.95); DINO: Resize(256) + CenterCrop(224)."""
@@ -233,7 +210,7 @@ def test_preprocessing_uses_the_papers_evaluation_crop() -> None:
 def test_parity_failure_exits_1_and_leaves_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """CONTRACT §2: above the tolerance the exporter exits 1, and no graph or manifest is left behind."""
+    """Above the tolerance the exporter exits 1, and no graph or manifest is left behind."""
     from simpool_serve.export import cli, parity
 
     monkeypatch.setattr(parity, "check_parity", lambda *a, **k: {"embedding": 3e-4, "attention": 1e-7})

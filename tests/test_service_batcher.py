@@ -15,15 +15,14 @@ import pytest
 from conftest import cosine
 from PIL import Image
 
-from simpool_serve.service.batcher import Batcher
-from simpool_serve.service.errors import ServiceError
-from simpool_serve.service.manifest import Manifest, load_manifest
+from simpool_serve.service.engine import Engine
+from simpool_serve.service.engine.batcher import Batcher
+from simpool_serve.service.engine.errors import EngineError
+from simpool_serve.service.engine.preprocess import decode_image
+from simpool_serve.service.engine.runner import OnnxRunner, ProviderError
 from simpool_serve.service.metrics import Metrics
-from simpool_serve.service.models import discover, load_all
-from simpool_serve.service.pipeline import Service
-from simpool_serve.service.preprocess import decode_image
-from simpool_serve.service.runner import OnnxRunner, ProviderError
 from simpool_serve.service.settings import Settings
+from simpool_serve.spec import Manifest, load_manifest
 
 
 @pytest.fixture(scope="module")
@@ -218,7 +217,7 @@ def test_failing_batch_fails_only_its_requests(
             batcher.reserve(3)
             good1, bad, good2 = (batcher.submit([p]) for p in (pixels[0], wrong, pixels[1]))
             assert (await good1.future)[0] is not None
-            with pytest.raises(ServiceError) as exc:
+            with pytest.raises(EngineError) as exc:
                 await bad.future
             assert exc.value.status == 500 and "server log" in exc.value.detail
             assert (await good2.future)[0] is not None
@@ -241,7 +240,7 @@ def test_cancel_drops_queued_images_and_queue_is_bounded(
             batcher.reserve(1)
             first = batcher.submit([pixels[0]])
             batcher.reserve(5)
-            with pytest.raises(ServiceError) as exc:  # 6 of 6 places taken
+            with pytest.raises(EngineError) as exc:  # 6 of 6 places taken
                 batcher.reserve(1)
             assert exc.value.status == 503 and exc.value.headers["Retry-After"] == "1"
             doomed = batcher.submit(pixels[:5])
@@ -271,7 +270,7 @@ def test_close_answers_everything_queued(
             jobs = [batcher.submit([p]) for p in pixels]
             await batcher.close()
             assert all(j.future.done() and j.future.result()[0] is not None for j in jobs)
-            with pytest.raises(ServiceError) as exc:
+            with pytest.raises(EngineError) as exc:
                 batcher.reserve(1)
             assert exc.value.status == 503
 
@@ -283,24 +282,21 @@ def test_readiness_follows_the_batchers(model_repo: Path) -> None:
     settings = Settings(model_dir=model_repo, max_batch_size=2, providers=["CPUExecutionProvider"])
 
     async def scenario() -> None:
-        metrics = Metrics(settings.max_batch_size)
-        models = discover(model_repo)
-        service = Service(settings, metrics, models, "resnet18")
-        assert service.not_ready_reason() == "models are loading"
-        with pytest.raises(ServiceError) as exc:  # a request before the model is loaded
-            service.resolve("resnet18")
+        engine = Engine.from_settings(settings, Metrics(settings.max_batch_size))
+        assert engine.not_ready_reason() == "models are loading"
+        with pytest.raises(EngineError) as exc:  # a request before the model is loaded
+            engine.model("resnet18")
         assert exc.value.status == 503 and "Retry-After" in exc.value.headers
-        await load_all(models, settings, metrics)
-        service.loaded = True
-        assert service.not_ready_reason() is None
-        task = models["vit_tiny"].batcher._task  # the model's loop, killed from outside
+        await engine.load()
+        assert engine.not_ready_reason() is None
+        task = engine.models["vit_tiny"].batcher._task  # the model's loop, killed from outside
         assert task is not None
         task.cancel()
         await asyncio.sleep(0.05)
-        assert "vit_tiny" in (service.not_ready_reason() or "")
-        with pytest.raises(ServiceError) as exc:
-            models["vit_tiny"].batcher.reserve(1)  # type: ignore[union-attr]
+        assert "vit_tiny" in (engine.not_ready_reason() or "")
+        with pytest.raises(EngineError) as exc:
+            engine.models["vit_tiny"].batcher.reserve(1)
         assert exc.value.status == 503
-        await service.close()
+        await engine.close()
 
     run(scenario())

@@ -17,10 +17,16 @@ from conftest import Server, start_server
 from PIL import Image
 from test_service_stages import encode, manifest
 
-from simpool_serve.service.encoding import attention_png
-from simpool_serve.service.jpeg import count_scans
-from simpool_serve.service.pipeline import payload_bytes
-from simpool_serve.service.preprocess import MAX_JPEG_SCANS, ImageError, ImageTooLarge, decode_image, geometry
+from simpool_serve.service.engine.decode import payload_bytes
+from simpool_serve.service.engine.jpeg import count_scans
+from simpool_serve.service.engine.overlay import attention_png
+from simpool_serve.service.engine.preprocess import (
+    MAX_JPEG_SCANS,
+    ImageError,
+    ImageTooLarge,
+    decode_image,
+    geometry,
+)
 
 # -- JPEG scans -----------------------------------------------------------------------------------
 

@@ -19,9 +19,9 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 from test_service_stages import png_bomb
 
-from simpool_serve.service.manifest import fingerprint, load_manifest
-from simpool_serve.service.preprocess import decode_image
-from simpool_serve.service.runner import OnnxRunner
+from simpool_serve.service.engine.preprocess import decode_image
+from simpool_serve.service.engine.runner import OnnxRunner
+from simpool_serve.spec import fingerprint, load_manifest
 
 
 def b64(path: Path) -> str:

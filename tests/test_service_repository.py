@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +22,11 @@ import pytest
 from conftest import BIN
 
 from simpool_serve.service.app import create_app
-from simpool_serve.service.manifest import load_manifest
+from simpool_serve.service.engine import Engine, LoadedModel
+from simpool_serve.service.engine.verify import ModelMismatchError
 from simpool_serve.service.metrics import Metrics
-from simpool_serve.service.models import ModelMismatchError, ServedModel, discover, load_all
-from simpool_serve.service.pipeline import Service
 from simpool_serve.service.settings import Settings
+from simpool_serve.spec import load_manifest
 
 
 def copy_model(model_repo: Path, name: str, repo: Path, as_name: str | None = None) -> Path:
@@ -43,21 +44,19 @@ def settings_for(repo: Path) -> Settings:
     return Settings(model_dir=repo, max_batch_size=1, providers=["CPUExecutionProvider"])
 
 
-def load_repository(repo: Path) -> tuple[dict[str, ServedModel], Exception | None]:
-    """discover + load_all as the app's lifespan runs them; returns the models and the load error."""
+def load_repository(repo: Path) -> tuple[Mapping[str, LoadedModel], Exception | None]:
+    """The engine loads the repository as the app's lifespan does; returns the models loaded and the error."""
     settings = settings_for(repo)
 
-    async def scenario() -> tuple[dict[str, ServedModel], Exception | None]:
-        metrics = Metrics(1)
-        models = discover(repo)
-        service = Service(settings, metrics, models, sorted(models)[0])
+    async def scenario() -> tuple[Mapping[str, LoadedModel], Exception | None]:
+        engine = Engine.from_settings(settings, Metrics(1))
         try:
-            await load_all(models, settings, metrics)
+            await engine.load()
         except Exception as exc:
-            return models, exc
+            return engine.models, exc
         finally:
-            await service.close()
-        return models, None
+            await engine.close()
+        return engine.models, None
 
     return asyncio.run(asyncio.wait_for(scenario(), timeout=60))
 
@@ -68,7 +67,7 @@ def test_good_repository_loads(model_repo: Path, tmp_path: Path) -> None:
         copy_model(model_repo, name, repo)
     models, error = load_repository(repo)
     assert error is None
-    assert all(m.runner is not None for m in models.values())
+    assert sorted(models) == ["resnet18", "vit_tiny"]  # each one complete: sessions, batcher
     assert models["resnet18"].has_logits and not models["vit_tiny"].has_logits
 
 
@@ -84,7 +83,7 @@ def test_swapped_graph_is_refused_before_its_session(model_repo: Path, tmp_path:
     assert str(folder) in message and "model.onnx is not the graph manifest.json describes" in message
     assert graph_sha[:12] in message and manifest_sha[:12] in message
     assert "re-export" in message and "together" in message
-    assert models["resnet18"].runner is None  # refused before a session was created
+    assert "resnet18" not in models  # refused before a session was created
 
 
 @pytest.mark.parametrize(

@@ -20,12 +20,11 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from simpool_serve.service.app import create_app
-from simpool_serve.service.encoding import attention_maps, attention_png, embeddings, json_bytes, predictions
-from simpool_serve.service.errors import ServiceError
-from simpool_serve.service.manifest import Manifest, ManifestError, fingerprint, load_manifest
-from simpool_serve.service.parsing import parse_multipart
-from simpool_serve.service.pipeline import payload_bytes
-from simpool_serve.service.preprocess import (
+from simpool_serve.service.encoding import attention_maps, embeddings, json_bytes, predictions
+from simpool_serve.service.engine.decode import payload_bytes
+from simpool_serve.service.engine.errors import EngineError
+from simpool_serve.service.engine.overlay import attention_png
+from simpool_serve.service.engine.preprocess import (
     ImageError,
     ImageTooLarge,
     decode_image,
@@ -35,7 +34,9 @@ from simpool_serve.service.preprocess import (
     open_image,
     own_pixel_limit,
 )
+from simpool_serve.service.parsing import parse_multipart
 from simpool_serve.service.settings import Settings, available_cores
+from simpool_serve.spec import Manifest, ManifestError, fingerprint, load_manifest
 
 MANIFEST = {
     "name": "m",
@@ -178,13 +179,13 @@ def test_multipart_keeps_order_and_fields() -> None:
 
 def test_multipart_limits_and_malformed() -> None:
     body, ctype = multipart([b"a"] * 5, {})
-    with pytest.raises(ServiceError) as exc:
+    with pytest.raises(EngineError) as exc:
         parse_multipart(body, ctype, max_images=4)
     assert exc.value.status == 413
-    with pytest.raises(ServiceError) as exc:
+    with pytest.raises(EngineError) as exc:
         parse_multipart(body[: len(body) // 2], ctype, max_images=8)
     assert exc.value.status == 422
-    with pytest.raises(ServiceError) as exc:
+    with pytest.raises(EngineError) as exc:
         parse_multipart(body, "multipart/form-data", max_images=8)
     assert exc.value.status == 422
 
@@ -199,7 +200,7 @@ def test_multipart_with_a_flood_of_parts_is_refused_early() -> None:
     head, _, _ = body.rpartition(b"--" + boundary + b"--")
     flood = head + part * 1_000_000 + b"--" + boundary + b"--\r\n"  # ~70 MB: seconds to parse whole
     start = time.perf_counter()
-    with pytest.raises(ServiceError) as exc:
+    with pytest.raises(EngineError) as exc:
         parse_multipart(flood, ctype, max_images=8)
     assert exc.value.status == 422 and "parts" in exc.value.detail
     assert time.perf_counter() - start < 2  # stopped at the limit, not after the whole body
@@ -509,7 +510,7 @@ def test_readyz_head_says_503_while_loading_too(tmp_path: Path) -> None:
     """A load balancer probing with HEAD must see "not ready" as GET does: 503, `Retry-After`, no body."""
     app = create_app(Settings(model_dir=tmp_path))
     reasons = ["models are loading", None]
-    app.state.service = SimpleNamespace(not_ready_reason=lambda: reasons[0])  # no lifespan: nothing loads
+    app.state.engine = SimpleNamespace(not_ready_reason=lambda: reasons[0])  # no lifespan: nothing loads
     client = TestClient(app)
     for status in (503, 200):
         get, head = client.get("/readyz"), client.head("/readyz")

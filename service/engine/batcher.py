@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from simpool_serve.service.errors import INFERENCE_FAILED, ServiceError, unavailable
+from simpool_serve.service.engine.errors import INFERENCE_FAILED, EngineError, Kind, unavailable
 from simpool_serve.service.metrics import Metrics
 
 log = logging.getLogger("simpool_serve.batcher")
@@ -121,9 +121,9 @@ class Batcher:
         # Should never happen (each batch's errors are caught), but if it does, nobody waits forever
         # and /readyz reports the model as not serving.
         log.error("batcher of %s died", self.model, exc_info=task.exception())
-        self._fail_queued(ServiceError(500, INFERENCE_FAILED, "batcher_died"))
+        self._fail_queued(EngineError(Kind.INTERNAL, INFERENCE_FAILED, "batcher_died"))
 
-    def _fail_queued(self, error: ServiceError) -> None:
+    def _fail_queued(self, error: EngineError) -> None:
         for item in self._queue:
             if not item.job.future.done():
                 item.job.future.set_exception(error)
@@ -218,7 +218,7 @@ class Batcher:
         # `_execute` handles inference errors itself; anything else is a bug, but its requests must
         # still get an answer rather than wait for their deadline.
         log.error("batch on model %s failed", self.model, exc_info=batch.exception())
-        error = ServiceError(500, INFERENCE_FAILED, "inference_error")
+        error = EngineError(Kind.INTERNAL, INFERENCE_FAILED, "inference_error")
         for item in items:
             if not item.job.future.done():
                 item.job.future.set_exception(error)
@@ -235,7 +235,7 @@ class Batcher:
             )
         except Exception:
             log.exception("batch of %d images on model %s failed", len(items), self.model)
-            error = ServiceError(500, INFERENCE_FAILED, "inference_error")
+            error = EngineError(Kind.INTERNAL, INFERENCE_FAILED, "inference_error")
             for item in items:
                 if not item.job.future.done():
                     item.job.future.set_exception(error)

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from simpool_serve.spec import INPUT, REQUIRED_OUTPUTS
+
 log = logging.getLogger("simpool_serve.runner")
 
 CUDA = "CUDAExecutionProvider"
@@ -61,15 +63,16 @@ class OnnxRunner:
                 raise ProviderError(message)
             log.warning(message)
         inputs = self.session.get_inputs()
-        if [i.name for i in inputs] != ["images"]:
-            raise ValueError(f"{model_path}: one input named images expected, not {[i.name for i in inputs]}")
+        if [i.name for i in inputs] != [INPUT]:
+            names = [i.name for i in inputs]
+            raise ValueError(f"{model_path}: one input named {INPUT} expected, not {names}")
         self.input_size = int(inputs[0].shape[1]) if isinstance(inputs[0].shape[1], int) else None
         self.output_names: list[str] = [o.name for o in self.session.get_outputs()]
-        for required in ("embedding", "attention"):
+        for required in REQUIRED_OUTPUTS:
             if required not in self.output_names:
                 raise ValueError(f"{model_path}: graph has no '{required}' output ({self.output_names})")
 
     def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """uint8 [N, S, S, 3] → {"embedding": [N, D], "attention": [N, h, w], maybe "logits": [N, C]}."""
-        outputs = self.session.run(self.output_names, {"images": images})
+        outputs = self.session.run(self.output_names, {INPUT: images})
         return dict(zip(self.output_names, outputs, strict=True))

@@ -1,4 +1,9 @@
-"""The model folder's `manifest.json`: what the service needs to preprocess, label and identify a model."""
+"""What export, service, client, bench and tests agree on: graph tensor names, the manifest, the
+fingerprint and the default limits.
+
+Nothing here imports torch, onnxruntime or a web framework, so every part of the product (and a
+test) can import it; docs/export.md and docs/api.md describe the same things for users.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +14,42 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+# -- the graph's tensors ---------------------------------------------------------------------------
+
+INPUT = "images"  # uint8 [N, S, S, 3]: RGB pixels, resized and centre-cropped; normalised in the graph
+EMBEDDING = "embedding"  # float32 [N, D], not L2-normalised
+ATTENTION = "attention"  # float32 [N, h, w], each map sums to 1
+LOGITS = "logits"  # float32 [N, C], only when the model has a classifier
+REQUIRED_OUTPUTS = (EMBEDDING, ATTENTION)
+OUTPUTS = (EMBEDDING, ATTENTION, LOGITS)  # in the graph's order
+
+# The dynamo exporter's native opset (LayerNormalization, ReduceMin with axes as an input); onnxruntime
+# >= 1.14 runs it. `simpool-export --opset 14..17` uses the TorchScript exporter instead.
+DEFAULT_OPSET = 18
+
+# -- default limits (the service's settings and the client start from the same numbers) -----------
+
+MAX_IMAGES_PER_REQUEST = 64
+MAX_IMAGE_BYTES = 20 * 2**20
+MAX_REQUEST_BYTES = 100 * 2**20
+MAX_IMAGE_PIXELS = 50_000_000
+
+# Formats the service decodes (Pillow's names; JPEG includes MPO, as cameras write it) and the file
+# extensions they are saved with (what `simpool-embed` picks up from a folder).
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+
+
+# -- manifest.json ---------------------------------------------------------------------------------
+
 
 class ManifestError(ValueError):
     """A manifest that is missing, unreadable or lacks a field the service relies on."""
 
 
 class Manifest(BaseModel):
-    """The exporter's manifest; unknown fields are kept (and listed by `/models`), not refused."""
+    """`manifest.json` beside a `model.onnx`. The exporter writes it through this model and the
+    service reads it back through it; fields beyond these are kept (and listed by `/models`)."""
 
     model_config = ConfigDict(extra="allow", frozen=True, protected_namespaces=())
 
@@ -45,6 +79,10 @@ class Manifest(BaseModel):
             return self.labels[index]
         return str(index)
 
+    def to_json(self) -> str:
+        """The file's text: indented, the extra fields included, a final newline."""
+        return json.dumps(self.model_dump(mode="json"), indent=2) + "\n"
+
 
 def load_manifest(path: Path | str) -> Manifest:
     """Reads and validates a manifest, with a message that names the file and the field."""
@@ -59,7 +97,8 @@ def load_manifest(path: Path | str) -> Manifest:
 
 
 def sha256_file(path: Path) -> str:
-    """The file's sha256, read in 1 MiB blocks (graphs are hundreds of MB); as the exporter computes it."""
+    """The file's sha256, read in 1 MiB blocks (graphs are hundreds of MB): `onnx_sha256`,
+    `checkpoint_sha256` and the `sha256` column of `simpool-embed` are all computed with it."""
     digest = hashlib.sha256()
     with path.open("rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):

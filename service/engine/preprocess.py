@@ -12,10 +12,10 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from simpool_serve.service.jpeg import count_scans
-from simpool_serve.service.manifest import Manifest
+from simpool_serve.service.engine.errors import Kind
+from simpool_serve.service.engine.jpeg import count_scans
+from simpool_serve.spec import IMAGE_FORMATS, Manifest
 
-FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")  # JPEG includes MPO (camera JPEGs)
 _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 _ORIENTATION_TAG = 0x0112
 # EXIF orientation → the transpose that shows the image upright.
@@ -39,13 +39,19 @@ MAX_JPEG_SCANS = 100
 
 
 class ImageError(ValueError):
-    """An image the service cannot use; `status` is the HTTP code it earns (400, or 413 when too large)."""
+    """An image the service cannot use; `kind` is the failure it earns (bad image, or too large)."""
 
-    status = 400
+    kind = Kind.BAD_IMAGE
+    reason = "bad_image"  # the failure metric's label
+
+    @property
+    def status(self) -> int:
+        return self.kind.status
 
 
 class ImageTooLarge(ImageError):
-    status = 413
+    kind = Kind.TOO_LARGE
+    reason = "image_too_large"
 
 
 @dataclass(frozen=True)
@@ -71,7 +77,7 @@ def own_pixel_limit() -> None:
 def open_image(data: bytes, max_pixels: int) -> Image.Image:
     """Identifies the image from its header and checks its size; no pixel is decoded yet."""
     try:
-        img = Image.open(io.BytesIO(data), formats=FORMATS)
+        img = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
     except Image.DecompressionBombError as exc:
         raise ImageTooLarge(f"image has too many pixels ({exc})") from exc
     except Exception as exc:

@@ -1,0 +1,83 @@
+"""Bytes → pixels, as the decode pool runs it: payload limits, then decoding and preprocessing.
+
+An image arrives as raw bytes (multipart, the binary tensor extension) or as base64 text (JSON: plain,
+or a data URI); both end as uint8 [S, S, 3] for the model, or as an `ImageError` naming what is wrong.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from simpool_serve.service.engine.preprocess import (
+    Geometry,
+    ImageError,
+    ImageTooLarge,
+    decode_image,
+    geometry,
+    load_original,
+    prepare,
+)
+from simpool_serve.service.metrics import Metrics
+from simpool_serve.spec import Manifest
+
+Payload = bytes | str  # an encoded image: its bytes, or base64 text (plain or a data URI)
+
+_WHITESPACE = str.maketrans("", "", " \t\r\n")
+
+
+def payload_bytes(payload: Payload, max_bytes: int) -> bytes:
+    """The encoded image: raw bytes as sent, or base64 text (plain or a data URI) decoded."""
+    if isinstance(payload, bytes):
+        if len(payload) > max_bytes:
+            raise ImageTooLarge(f"image of {len(payload)} bytes is over the limit of {max_bytes}")
+        return payload
+    text = payload
+    if text[:5].lower() == "data:":  # RFC 2397: the scheme and ";base64" are case-insensitive
+        header, comma, text = text.partition(",")
+        if not comma or not header.lower().endswith(";base64"):
+            raise ImageError("data URI is not base64 (expected data:image/...;base64,...)")
+    text = text.translate(_WHITESPACE)  # line-wrapped base64 (MIME, `base64` tool) is accepted
+    if len(text) // 4 * 3 > max_bytes + 3:  # refused before decoding; exact below
+        raise ImageTooLarge(f"image of about {len(text) // 4 * 3} bytes is over the limit of {max_bytes}")
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ImageError(f"invalid base64 ({exc})") from exc
+    if len(data) > max_bytes:
+        raise ImageTooLarge(f"image of {len(data)} bytes is over the limit of {max_bytes}")
+    return data
+
+
+@dataclass(frozen=True, slots=True)
+class Decoder:
+    """The decode stage with the service's limits; its methods run in the decode pool."""
+
+    max_image_bytes: int
+    max_image_pixels: int
+    jpeg_draft: bool
+    metrics: Metrics
+
+    def pixels(self, payload: Payload, manifest: Manifest, model: str) -> np.ndarray:
+        start = time.perf_counter()
+        data = payload_bytes(payload, self.max_image_bytes)
+        pixels = decode_image(data, manifest, self.max_image_pixels, draft=self.jpeg_draft)
+        self.metrics.stage_duration.labels(model, "decode").observe(time.perf_counter() - start)
+        return pixels
+
+    def with_original(
+        self, payload: Payload, manifest: Manifest, model: str
+    ) -> tuple[np.ndarray, Image.Image, Geometry]:
+        """For an overlay: the pixels, and the upright original they were cut from (no draft decoding)."""
+        start = time.perf_counter()
+        data = payload_bytes(payload, self.max_image_bytes)
+        original = load_original(data, self.max_image_pixels)
+        width, height = original.size
+        pixels = prepare(original, original.size, (0.0, 0.0, float(width), float(height)), manifest)
+        self.metrics.stage_duration.labels(model, "decode").observe(time.perf_counter() - start)
+        return pixels, original, geometry(width, height, manifest)

@@ -1,0 +1,361 @@
+"""The engine: encoded images (or ready pixels) in, per-image model outputs out; no HTTP in here.
+
+Every door (the REST API, the Open Inference Protocol, the OpenAI route, `simpool-embed --local`)
+calls one `Engine`, so their images share one repository, one decode pool, one batcher per model
+and one set of limits. A request goes: `model(name)` (404, or 503 while loading) → `run(...)`:
+admission (queue places, 503 when full) → decode (the pool, a few images of a request at a time) →
+the model's batcher → wait (its deadline: 504; the client leaving: 499) → an `Answer`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Literal, TypeVar
+
+import numpy as np
+
+from simpool_serve.service.engine.batcher import Job, Outputs
+from simpool_serve.service.engine.decode import Decoder, Payload
+from simpool_serve.service.engine.errors import EngineError, Kind, unavailable
+from simpool_serve.service.engine.models import LoadedModel, ModelFolder, default_model, discover, load_model
+from simpool_serve.service.engine.overlay import attention_png
+from simpool_serve.service.engine.plan import ThreadPlan
+from simpool_serve.service.engine.preprocess import ImageError, own_pixel_limit
+from simpool_serve.service.metrics import Metrics
+from simpool_serve.service.settings import Settings
+from simpool_serve.spec import ATTENTION, LOGITS
+
+log = logging.getLogger("simpool_serve.engine")
+
+OnError = Literal["fail", "skip"]
+# Called only if the answer is not there at once; returns when the client has gone away.
+Disconnected = Callable[[], Awaitable[object]]
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class ImageFailure:
+    """One image that could not be used (with `on_error="skip"`): where, why, and how it counts."""
+
+    index: int
+    detail: str
+    kind: Kind  # BAD_IMAGE or TOO_LARGE
+    reason: str  # the failure metric's label
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """One request's outputs, per image in request order (`None` for an image in `failures`)."""
+
+    model: LoadedModel
+    outputs: list[Outputs | None]
+    failures: list[ImageFailure]
+
+
+class Engine:
+    """Owns the models, the thread pools and the batchers; the app's lifespan (or a CLI) owns it."""
+
+    def __init__(
+        self, settings: Settings, metrics: Metrics, folders: Mapping[str, ModelFolder], default: str
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.folders: Mapping[str, ModelFolder] = MappingProxyType(dict(folders))
+        self.default = default
+        self.plan = ThreadPlan.resolve(settings)
+        plan = self.plan
+        # Shared: the one pool runs decoding and inference (see Settings.shared_compute_pool).
+        self._pool = ThreadPoolExecutor(
+            plan.decode_workers, thread_name_prefix="compute" if plan.shared_pool else "decode"
+        )
+        self._model_pools: list[ThreadPoolExecutor] = []  # each model's inference threads, if not shared
+        self._decoder = Decoder(
+            settings.max_image_bytes, settings.max_image_pixels, settings.jpeg_draft, metrics
+        )
+        # One request decodes at most this many of its images at once, so the pool's queue interleaves
+        # requests: a 64-image request of 50-megapixel PNGs made a lone image wait 15.7 s when all 64 were
+        # queued ahead of it; now it waits for at most one decode.
+        self._decodes_per_request = plan.decode_workers
+        # PNG overlays in progress at once: each holds its decoded original (3 bytes a pixel, 150 MB at
+        # 50 MP) from decoding until its PNG is written; beyond this, requests wait (up to their deadline).
+        self._overlay_slots = asyncio.Semaphore(2 * plan.decode_workers)
+        self._models: dict[str, LoadedModel] = {}
+        self._loaded = False
+        self.load_error: str | None = None
+        own_pixel_limit()
+        log.info(
+            "thread budget",
+            extra={
+                "cores": plan.cores,
+                "decode_workers": plan.decode_workers,
+                "intra_op_threads_per_model": plan.intra_op_threads,
+                "inference_lanes_per_model": plan.lanes,
+                "shared_pool": plan.shared_pool,
+            },
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings, metrics: Metrics) -> Engine:
+        """The engine of `settings.model_dir`; raises `ManifestError` for a broken repository."""
+        folders = discover(settings.model_dir)
+        return cls(settings, metrics, folders, default_model(folders, settings.default_model))
+
+    # -- models and readiness --------------------------------------------------------------------
+
+    @property
+    def models(self) -> Mapping[str, LoadedModel]:
+        """The models loaded so far (all of `folders` once ready)."""
+        return MappingProxyType(self._models)
+
+    async def load(self) -> None:
+        """Loads, verifies and warms every model in turn (the peak memory of one load), then is ready.
+
+        A failure is kept for `not_ready_reason` and raised; the models loaded before it keep serving.
+        """
+        try:
+            for folder in self.folders.values():
+                if self.plan.shared_pool:
+                    executor = self._pool
+                else:
+                    executor = ThreadPoolExecutor(self.plan.lanes, thread_name_prefix=f"infer-{folder.name}")
+                    self._model_pools.append(executor)
+                model = await load_model(folder, self.settings, self.plan, self.metrics, executor)
+                self._models[folder.name] = model
+        except Exception as exc:
+            self.load_error = f"{type(exc).__name__}: {exc}"
+            raise
+        self._loaded = True
+        self.metrics.ready.set(1)
+        log.info("ready", extra={"models": sorted(self._models), "default_model": self.default})
+
+    def not_ready_reason(self) -> str | None:
+        """Why the engine cannot answer every model now, or None when it can."""
+        if self.load_error is not None:
+            return f"model loading failed: {self.load_error}"
+        if not self._loaded:
+            return "models are loading"
+        dead = [m.name for m in self._models.values() if not m.batcher.alive]
+        return f"models not serving: {dead}" if dead else None
+
+    def model(self, name: str | None) -> LoadedModel:
+        """The model named (None: the default); 404 when the repository has none, 503 while it loads."""
+        wanted = self.default if name is None else name
+        model = self._models.get(wanted)
+        if model is not None:
+            return model
+        if wanted in self.folders:
+            raise unavailable(f"model {wanted!r} is still loading", "not_ready", retry_after_s=5)
+        shown = wanted if len(wanted) <= 100 else f"{wanted[:100]}..."  # not echoed whole
+        raise EngineError(
+            Kind.NOT_FOUND, f"unknown model {shown!r}; served: {sorted(self.folders)}", "unknown_model"
+        )
+
+    def deadline(self) -> float:
+        """The deadline (event-loop time) of a request starting now: `request_timeout_s` from now."""
+        return asyncio.get_running_loop().time() + self.settings.request_timeout_s
+
+    # -- requests --------------------------------------------------------------------------------
+
+    async def run(
+        self,
+        model: LoadedModel,
+        *,
+        images: Sequence[Payload] | None = None,
+        pixels: np.ndarray | None = None,
+        deadline: float,
+        outputs: Collection[str] = (),
+        on_error: OnError = "fail",
+        disconnected: Disconnected | None = None,
+    ) -> Answer:
+        """Runs encoded `images` (decoded and preprocessed here) or preprocessed `pixels` (uint8
+        [N, S, S, 3], fed to the graph as they are) through `model`; exactly one of the two.
+
+        Every image's outputs hold at least those named in `outputs` (a model without one of them is
+        refused, 422). With `on_error="fail"` the first bad image fails the request (400/413 naming its
+        index); with `"skip"` it is answered `None` and listed in `Answer.failures`.
+        """
+        if (images is None) == (pixels is None):
+            raise EngineError(Kind.INVALID, "send either encoded images or pixels, not both", "malformed")
+        self._check_outputs(model, outputs)
+        if pixels is not None:
+            rows: list[np.ndarray | None] = self._pixel_rows(model, pixels)
+            self._admit(model, len(rows))
+            failures: list[ImageFailure] = []
+        else:
+            assert images is not None
+            n = len(images)
+            self._admit(model, n)
+            rows, failures = await self._decode(model, n, self._decode_all(model, images), deadline)
+            if failures and on_error == "fail":
+                model.batcher.release(n)
+                first = failures[0]
+                raise EngineError(first.kind, f"image {first.index}: {first.detail}", first.reason)
+            for failure in failures:
+                self.metrics.failures.labels(model.name, failure.reason).inc()
+        results = await self._wait(model.batcher.submit(rows), model, deadline, disconnected)
+        self.metrics.images.labels(model.name).inc(len(rows) - len(failures))
+        return Answer(model, results, failures)
+
+    async def attention_png(
+        self,
+        model: LoadedModel,
+        image: Payload,
+        *,
+        deadline: float,
+        disconnected: Disconnected | None = None,
+    ) -> bytes:
+        """One image's attention as a heat map over the original photograph, as PNG bytes.
+
+        The original stays decoded (at full size) until the PNG is written, so few run at once: past
+        the overlay slots a request waits for one, up to its deadline.
+        """
+        try:
+            async with asyncio.timeout_at(deadline):
+                await self._overlay_slots.acquire()
+        except TimeoutError:
+            raise EngineError(
+                Kind.TIMEOUT, "request deadline passed waiting for a PNG overlay slot", "timeout"
+            ) from None
+        try:
+            loop = asyncio.get_running_loop()
+            self._admit(model, 1)
+            work = loop.run_in_executor(
+                self._pool, self._decoder.with_original, image, model.manifest, model.name
+            )
+            try:
+                pixels, original, geometry = await self._decode(model, 1, work, deadline)
+            except ImageError as exc:
+                raise EngineError(exc.kind, f"image 0: {exc}", exc.reason) from exc
+            results = await self._wait(model.batcher.submit([pixels]), model, deadline, disconnected)
+            self.metrics.images.labels(model.name).inc()
+            outputs = results[0]
+            assert outputs is not None
+            start = time.perf_counter()
+            attention = outputs[ATTENTION]
+            body = await loop.run_in_executor(self._pool, attention_png, original, geometry, attention)
+            self.metrics.stage_duration.labels(model.name, "encode").observe(time.perf_counter() - start)
+            return body
+        finally:
+            self._overlay_slots.release()
+
+    # -- the stages ------------------------------------------------------------------------------
+
+    def _check_outputs(self, model: LoadedModel, outputs: Collection[str]) -> None:
+        if LOGITS in outputs and not model.has_logits:
+            raise EngineError(
+                Kind.INVALID,
+                f"model {model.name!r} has no classifier (no logits); it answers embeddings and attention",
+                "no_classifier",
+            )
+        unknown = sorted(set(outputs) - set(model.runner.output_names))
+        if unknown:
+            raise EngineError(Kind.INVALID, f"model {model.name!r} has no output {unknown}", "malformed")
+
+    def _pixel_rows(self, model: LoadedModel, pixels: np.ndarray) -> list[np.ndarray | None]:
+        s = model.manifest.input_size
+        if not isinstance(pixels, np.ndarray) or pixels.dtype != np.uint8 or pixels.shape[1:] != (s, s, 3):
+            shape = list(getattr(pixels, "shape", ()))
+            raise EngineError(
+                Kind.INVALID,
+                f"pixels of shape {shape} ({getattr(pixels, 'dtype', type(pixels).__name__)}): "
+                f"model {model.name!r} takes uint8 [N, {s}, {s}, 3]",
+                "malformed",
+            )
+        if len(pixels) == 0:
+            raise EngineError(Kind.INVALID, "no images", "malformed")
+        return list(pixels)
+
+    def _admit(self, model: LoadedModel, n: int) -> None:
+        """Refuses a request larger than a request or the queue may be (413), then takes its places."""
+        limit = self.settings.max_images_per_request
+        if n > limit:
+            raise EngineError(
+                Kind.TOO_LARGE, f"{n} images in one request, over the limit of {limit}", "too_many_images"
+            )
+        batcher = model.batcher
+        if n > batcher.max_queue:
+            raise EngineError(
+                Kind.TOO_LARGE, f"{n} images exceed the queue of {batcher.max_queue}", "too_many_images"
+            )
+        batcher.reserve(n)  # 503 when full
+
+    async def _decode(self, model: LoadedModel, n: int, work: Awaitable[T], deadline: float) -> T:
+        """The decode stage of `n` admitted images, by the deadline; their places go back if it fails.
+
+        Past the deadline, images not yet decoding are cancelled (a running decode finishes alone).
+        """
+        loop = asyncio.get_running_loop()
+        try:
+            return await asyncio.wait_for(work, timeout=max(0.0, deadline - loop.time()))
+        except TimeoutError:
+            model.batcher.release(n)
+            raise EngineError(Kind.TIMEOUT, "request deadline passed while decoding", "timeout") from None
+        except BaseException:
+            model.batcher.release(n)
+            raise
+
+    async def _decode_all(
+        self, model: LoadedModel, images: Sequence[Payload]
+    ) -> tuple[list[np.ndarray | None], list[ImageFailure]]:
+        loop = asyncio.get_running_loop()
+        slots = asyncio.Semaphore(self._decodes_per_request)
+        decoder, manifest, name = self._decoder, model.manifest, model.name
+
+        async def decode(payload: Payload) -> np.ndarray:
+            async with slots:
+                return await loop.run_in_executor(self._pool, decoder.pixels, payload, manifest, name)
+
+        results = await asyncio.gather(*(decode(p) for p in images), return_exceptions=True)
+        rows: list[np.ndarray | None] = []
+        failures: list[ImageFailure] = []
+        for i, out in enumerate(results):
+            if isinstance(out, BaseException):
+                if not isinstance(out, ImageError):
+                    log.error("decoding image %d failed unexpectedly", i, exc_info=out)
+                    out = ImageError("cannot decode image")
+                failures.append(ImageFailure(i, str(out), out.kind, out.reason))
+                rows.append(None)
+            else:
+                rows.append(out)
+        return rows, failures
+
+    async def _wait(
+        self, job: Job, model: LoadedModel, deadline: float, disconnected: Disconnected | None
+    ) -> list[Outputs | None]:
+        """Waits for the answers, the deadline or the client leaving, whichever comes first."""
+        loop = asyncio.get_running_loop()
+        if not job.future.done():
+            gone = asyncio.ensure_future(disconnected()) if disconnected is not None else None
+            try:
+                await asyncio.wait(
+                    (job.future, gone) if gone is not None else (job.future,),
+                    timeout=max(0.0, deadline - loop.time()),
+                    return_when="FIRST_COMPLETED",
+                )
+            finally:
+                if gone is not None:
+                    gone.cancel()
+            if not job.future.done():
+                model.batcher.cancel(job)
+                job.future.cancel()
+                if gone is not None and gone.done() and not gone.cancelled():
+                    raise EngineError(Kind.DISCONNECTED, "client closed the connection", "disconnected")
+                raise EngineError(
+                    Kind.TIMEOUT, f"request deadline of {self.settings.request_timeout_s} s passed", "timeout"
+                )
+        return job.future.result()
+
+    async def close(self) -> None:
+        """Drains every batcher (answers what was accepted), then stops the threads."""
+        self.metrics.ready.set(0)
+        for model in self._models.values():
+            await model.batcher.close()
+        self._pool.shutdown(wait=True)
+        for pool in self._model_pools:
+            pool.shutdown(wait=True)

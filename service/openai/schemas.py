@@ -1,0 +1,65 @@
+"""OpenAI's embeddings API, as pydantic models: requests are validated with them, answers documented."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+_INPUT_DOC = (
+    "An encoded image (JPEG, PNG, WebP, BMP, GIF, TIFF) as a data URI or plain base64, or a list of them."
+)
+
+
+class EmbeddingsRequest(BaseModel):
+    # `user` and future fields of OpenAI's API are accepted and ignored, as other compatible servers do.
+    model_config = ConfigDict(extra="ignore", protected_namespaces=())
+
+    model: str | None = Field(None, min_length=1, description="Model name (see `/v1/models`); default model.")
+    input: str | list[str] = Field(description=_INPUT_DOC)
+    encoding_format: Literal["float", "base64"] = Field(
+        "float", description="`base64`: little-endian float32 (OpenAI's SDK asks for it by default)."
+    )
+    dimensions: int | None = Field(None, description="Must equal the model's dimension if given.")
+
+
+class EmbeddingOut(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str
+
+
+class Usage(BaseModel):
+    prompt_tokens: int = 0
+    total_tokens: int = 0
+
+
+class EmbeddingsOut(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[EmbeddingOut]
+    model: str
+    usage: Usage
+    fingerprint: str
+
+
+class ModelOut(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+
+
+class ModelsOut(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelOut]
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorOut(BaseModel):
+    error: ErrorDetail
