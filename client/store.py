@@ -102,6 +102,16 @@ def combine(kept: pa.Table, new_rows: list[Row]) -> pa.Table:
     return table.sort_by("path")
 
 
+def _mode_for(path: Path) -> int:
+    """The replaced file's permissions, or for a new file what the umask leaves of 0666 (as `open` does)."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
 def write_atomic(table: pa.Table, path: Path, metadata: dict[str, str] | None = None) -> None:
     """Writes next to `path` and renames over it: a reader (or a crash) never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -109,6 +119,7 @@ def write_atomic(table: pa.Table, path: Path, metadata: dict[str, str] | None = 
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, _mode_for(path))  # mkstemp makes it 0600; the result should read like any file
         with os.fdopen(fd, "wb") as fh:
             pq.write_table(table, fh)
             fh.flush()

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI
 
+from simpool_serve.service import docs_pages
 from simpool_serve.service.engine import Engine
 from simpool_serve.service.handlers import install_error_handlers
 from simpool_serve.service.metrics import Metrics
@@ -35,8 +36,13 @@ def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None
     async def load(engine: Engine) -> None:
         try:
             await engine.load()
-        except Exception:
-            log.exception("loading the models failed")
+        except Exception as exc:
+            # The reason is the message; the traceback helps only someone debugging the service itself.
+            log.error(
+                "loading the models failed",
+                exc_info=exc if log.isEnabledFor(logging.DEBUG) else None,
+                extra={"error": engine.load_error},
+            )
             if on_fatal is not None:
                 on_fatal(engine.load_error or "loading the models failed")
 
@@ -64,6 +70,8 @@ def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None
         # No 307 from `/embed/` to `/embed`: a client following it would send its (up to 100 MB) body
         # twice. A path with a trailing slash is an unknown path, answered 404 like any other.
         redirect_slashes=False,
+        docs_url=None,  # FastAPI's pages load their scripts from a CDN: docs_pages serves them itself
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.metrics = metrics
@@ -76,4 +84,6 @@ def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None
     app.include_router(oip.router)
     app.include_router(oip.probes)
     app.include_router(openai.router)
+    app.include_router(docs_pages.docs_router(app.title))
+    app.include_router(docs_pages.home_router())
     return app

@@ -19,17 +19,33 @@ import numpy as np
 from queries import add_arguments, embed_queries
 
 
+def find_index(path: Path) -> Path | None:
+    """The index folder itself, or the work folder index_folder.sh wrote it into (`WORK_DIR/index`)."""
+    for folder in (path, path / "index"):
+        if (folder / "index.json").is_file() and (folder / "index.faiss").is_file():
+            return folder
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("index", type=Path, help="folder written by build_index.py")
+    p.add_argument("index", type=Path, help="build_index.py's folder (or index_folder.sh's WORK_DIR)")
     p.add_argument("images", type=Path, nargs="+")
     p.add_argument("-k", type=int, default=5, help="results per query (default 5)")
     add_arguments(p)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = p.parse_args(argv)
 
-    meta = json.loads((args.index / "index.json").read_text())
-    index = faiss.read_index(str(args.index / "index.faiss"))
+    folder = find_index(args.index)
+    if folder is None:
+        print(
+            f"{p.prog}: error: no index in {args.index} (expected index.json + index.faiss, which "
+            "build_index.py writes; index_folder.sh puts them in WORK_DIR/index)",
+            file=sys.stderr,
+        )
+        return 2
+    meta = json.loads((folder / "index.json").read_text())
+    index = faiss.read_index(str(folder / "index.faiss"))
     queries, fingerprint = embed_queries(args.images, args, meta["model"])
     if fingerprint != meta["fingerprint"]:
         print(

@@ -42,6 +42,8 @@ def payload_bytes(payload: Payload, max_bytes: int) -> bytes:
         header, comma, text = text.partition(",")
         if not comma or not header.lower().endswith(";base64"):
             raise ImageError("data URI is not base64 (expected data:image/...;base64,...)")
+    elif text.lstrip()[:8].lower().startswith(("http://", "https://", "file://")):  # ':' is never base64
+        raise ImageError("URLs are not fetched; send the image bytes (base64, a data URI or a file part)")
     text = text.translate(_WHITESPACE)  # line-wrapped base64 (MIME, `base64` tool) is accepted
     if len(text) // 4 * 3 > max_bytes + 3:  # refused before decoding; exact below
         raise ImageTooLarge(f"image of about {len(text) // 4 * 3} bytes is over the limit of {max_bytes}")

@@ -132,7 +132,10 @@ class Engine:
             raise
         self._loaded = True
         self.metrics.ready.set(1)
-        log.info("ready", extra={"models": sorted(self._models), "default_model": self.default})
+        log.info(
+            "ready: every model is loaded and warmed up; serving requests",
+            extra={"models": sorted(self._models), "default_model": self.default},
+        )
 
     def not_ready_reason(self) -> str | None:
         """Why the engine cannot answer every model now, or None when it can."""

@@ -17,6 +17,7 @@ import numpy as np
 
 from simpool_serve.service.engine.batcher import Batcher
 from simpool_serve.service.engine.plan import ThreadPlan
+from simpool_serve.service.engine.providers import ProviderOptions
 from simpool_serve.service.engine.runner import OnnxRunner
 from simpool_serve.service.engine.verify import open_verified
 from simpool_serve.service.metrics import Metrics
@@ -106,14 +107,20 @@ def _open_and_warm(
     folder: ModelFolder, settings: Settings, plan: ThreadPlan
 ) -> tuple[OnnxRunner, OnnxRunner | None, int]:
     """In an inference thread: verify the graph, create the session(s), run each at every batch size."""
-    runner = open_verified(
-        folder.path, folder.manifest, settings.providers, plan.intra_op_threads, settings.ort_spinning
-    )
     size = folder.manifest.input_size
+    options = ProviderOptions.from_settings(settings, size, plan.accelerator_batch_size)
+    runner = open_verified(
+        folder.path,
+        folder.manifest,
+        settings.providers,
+        plan.intra_op_threads,
+        settings.ort_spinning,
+        options=options,
+    )
     lane_runner = None
     if plan.lanes > 1:  # the same graph and provider; only the thread count differs
         lane_runner = OnnxRunner(
-            folder.path, [runner.provider], plan.lane_threads, spinning=settings.ort_spinning
+            folder.path, [runner.provider], plan.lane_threads, spinning=settings.ort_spinning, options=options
         )
     max_batch = plan.batch_size_for(runner.provider)
     for n in range(1, max_batch + 1):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from simpool_serve.service.engine.providers import ProviderOptions
 from simpool_serve.service.engine.runner import OnnxRunner
 from simpool_serve.spec import ATTENTION, EMBEDDING, LOGITS, Manifest, sha256_file
 
@@ -58,12 +59,17 @@ def check_outputs(path: Path, manifest: Manifest, outputs: dict[str, np.ndarray]
 
 
 def open_verified(
-    path: Path, manifest: Manifest, providers: list[str] | None, threads: int, spinning: bool = True
+    path: Path,
+    manifest: Manifest,
+    providers: list[str] | None,
+    threads: int,
+    spinning: bool = True,
+    options: ProviderOptions | None = None,
 ) -> OnnxRunner:
     """A session on `path`, once the file is the graph the manifest names and its input size and output
     shapes (one batch-1 run) are the ones the manifest describes."""
     check_graph_file(path, manifest)  # first: a wrong graph is refused before its session
-    runner = OnnxRunner(path, providers, threads, spinning=spinning)
+    runner = OnnxRunner(path, providers, threads, spinning=spinning, options=options)
     size = manifest.input_size
     if runner.input_size is not None and runner.input_size != size:
         raise ValueError(f"{path}: graph takes {runner.input_size}px images, manifest says {size}")
