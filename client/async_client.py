@@ -101,9 +101,14 @@ class AsyncSimPoolClient:
         return await self._run(self._protocol.embed(images, model, normalize, on_error))
 
     async def attention(
-        self, images: Sequence[ImageInput], *, model: str | None = None, on_error: OnError = "fail"
+        self,
+        images: Sequence[ImageInput],
+        *,
+        model: str | None = None,
+        on_error: OnError = "fail",
+        box_mass: float | None = None,
     ) -> AttentionResult:
-        return await self._run(self._protocol.attention(images, model, on_error))
+        return await self._run(self._protocol.attention(images, model, on_error, box_mass))
 
     async def attention_png(self, image: ImageInput, *, model: str | None = None) -> bytes:
         return await self._run(self._protocol.attention_png(image, model))

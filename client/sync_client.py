@@ -99,10 +99,16 @@ class SimPoolClient:
         return self._run(self._protocol.embed(images, model, normalize, on_error))
 
     def attention(
-        self, images: Sequence[ImageInput], *, model: str | None = None, on_error: OnError = "fail"
+        self,
+        images: Sequence[ImageInput],
+        *,
+        model: str | None = None,
+        on_error: OnError = "fail",
+        box_mass: float | None = None,
     ) -> AttentionResult:
-        """SimPool attention maps [N, h, w] over the final feature grid."""
-        return self._run(self._protocol.attention(images, model, on_error))
+        """SimPool attention maps [N, h, w] over the final feature grid, and the box around each one's
+        main region holding `box_mass` of it (the server's default, 0.6, when None)."""
+        return self._run(self._protocol.attention(images, model, on_error, box_mass))
 
     def attention_png(self, image: ImageInput, *, model: str | None = None) -> bytes:
         """A PNG heat-map overlay of one image's attention, as the service renders it."""

@@ -21,6 +21,7 @@ from simpool_serve.service.oip import routes as oip
 from simpool_serve.service.openai import routes as openai
 from simpool_serve.service.routes import ops, rest
 from simpool_serve.service.settings import Settings
+from simpool_serve.service.ui import ui_router
 
 log = logging.getLogger("simpool_serve.app")
 
@@ -86,4 +87,5 @@ def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None
     app.include_router(openai.router)
     app.include_router(docs_pages.docs_router(app.title))
     app.include_router(docs_pages.home_router())
+    app.include_router(ui_router())  # the explorer page at /ui
     return app

@@ -23,7 +23,7 @@ _ASSETS = {
     "favicon.png": "image/png",
 }
 # Where `GET /` leads; the one line to change when another page becomes the front door.
-HOME = "/docs"
+HOME = "/ui"  # the explorer page, which links to /docs
 
 
 def _assets_dir() -> Path:

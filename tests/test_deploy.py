@@ -761,6 +761,10 @@ def test_runtime_wheel_serves_without_torch(model_repo: Path, tmp_path: Path) ->
         r = httpx.post(f"{url}/classify", json={"images": [image], "top_k": 2}, timeout=30)
         assert r.status_code == 200 and len(r.json()["predictions"][0]) == 2, r.text
         assert "simpool_requests_total" in httpx.get(f"{url}/metrics", timeout=10).text
+        # The explorer page's files are package data: the wheel must carry them.
+        page = httpx.get(f"{url}/ui", timeout=10)
+        assert page.status_code == 200 and "ui/app.js" in page.text
+        assert httpx.get(f"{url}/ui/app.js", timeout=10).status_code == 200
 
 
 def _tiny_png() -> bytes:

@@ -24,7 +24,7 @@ def test_docs_pages_load_every_asset_from_the_service(server: Server) -> None:
         assert c.get("/docs/assets/../../etc/passwd").status_code == 404
         assert c.get("/docs/assets/manifest.json").status_code == 404
         home = c.get("/", follow_redirects=False)
-        assert home.status_code == 307 and home.headers["location"] == "/docs"
+        assert home.status_code == 307 and home.headers["location"] == "/ui"  # the explorer page
 
 
 def test_a_url_instead_of_an_image_says_urls_are_not_fetched(server: Server, photos: dict[str, Path]) -> None:

@@ -18,7 +18,7 @@ from simpool_serve.service.engine.preprocess import (
     Geometry,
     ImageError,
     ImageTooLarge,
-    decode_image,
+    decode,
     geometry,
     load_original,
     prepare,
@@ -65,12 +65,13 @@ class Decoder:
     jpeg_draft: bool
     metrics: Metrics
 
-    def pixels(self, payload: Payload, manifest: Manifest, model: str) -> np.ndarray:
+    def pixels(self, payload: Payload, manifest: Manifest, model: str) -> tuple[np.ndarray, Geometry]:
+        """The model's pixels, and where their crop lies on the upright original (for boxes)."""
         start = time.perf_counter()
         data = payload_bytes(payload, self.max_image_bytes)
-        pixels = decode_image(data, manifest, self.max_image_pixels, draft=self.jpeg_draft)
+        out = decode(data, manifest, self.max_image_pixels, draft=self.jpeg_draft)
         self.metrics.stage_duration.labels(model, "decode").observe(time.perf_counter() - start)
-        return pixels
+        return out
 
     def with_original(
         self, payload: Payload, manifest: Manifest, model: str
