@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # onnxruntime flavour for the service: cpu (default) or gpu.
 RUNTIME ?= cpu
-EXTRAS ?= $(RUNTIME),export,dev
+EXTRAS ?= $(RUNTIME),export,ray,vectordb,dev
 # torch for the export extra. PyPI's build carries CUDA: about 3.2 GB of NVIDIA libraries in .venv,
 # needed only to export on a GPU. On a CPU-only host take the CPU build from PyTorch's own index:
 #   make install TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu      (see README)

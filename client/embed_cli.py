@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from simpool_serve.client import store
 from simpool_serve.client.backends import Backend, FatalError, HttpBackend, LocalBackend, default_url
+from simpool_serve.client.ray_args import add_ray_arguments, check_ray_arguments, reject_ray_only
 from simpool_serve.client.retry import DEFAULT_CONNECT_TIMEOUT
 from simpool_serve.client.walk import find_images, sha256_bytes
 from simpool_serve.spec import sha256_file
@@ -36,8 +37,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Embed every image under SOURCE_DIR (recursively) into a Parquet file; "
         "re-runs skip files whose content and model fingerprint are unchanged.",
     )
-    p.add_argument("source", type=Path, metavar="SOURCE_DIR")
-    p.add_argument("--out", type=Path, required=True, metavar="FILE.parquet")
+    p.add_argument("source", metavar="SOURCE_DIR", help="a folder (with --engine ray also a URI: s3://...)")
+    p.add_argument(
+        "--out", type=Path, required=True, metavar="FILE.parquet", help="with --engine ray: a folder"
+    )
     where = p.add_mutually_exclusive_group()
     where.add_argument("--url", help="simpool-serve to use (default: $SIMPOOL_URL or http://127.0.0.1:8000)")
     where.add_argument(
@@ -61,9 +64,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--checkpoint-every", type=float, default=60.0, help="seconds between saves of partial results"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_ray_arguments(p)
     args = p.parse_args(argv)
     if args.concurrency < 1 or args.batch < 1:
         p.error("--concurrency and --batch must be >= 1")
+    if args.engine == "ray":
+        return check_ray_arguments(p, args)
+    reject_ray_only(p, args)
+    args.source = Path(args.source)
     if not args.source.is_dir():
         p.error(f"{args.source} is not a directory")
     return args
@@ -257,6 +265,10 @@ def _show_client_warnings() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.engine == "ray":
+        from simpool_serve.client.ray_args import run_ray
+
+        return run_ray(args)
     _show_client_warnings()
     state: list[Run] = []
     stopped: list[int] = []

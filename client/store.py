@@ -129,3 +129,49 @@ def write_atomic(table: pa.Table, path: Path, metadata: dict[str, str] | None = 
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+# A shard directory (`simpool-embed --engine ray`): one Parquet file per batch of rows, named so that
+# names sort in the order they were written; a row of a later shard replaces one of the same path.
+SHARD_GLOB = "part-*.parquet"
+
+
+def is_shard_dir(path: Path) -> bool:
+    return path.is_dir()
+
+
+def read_shards(directory: Path) -> tuple[pa.Table, list[str]]:
+    """Every shard's rows, a path's latest row only, and a warning per shard that could not be read.
+
+    Shards are only ever renamed into place whole, so an unreadable one is not ours (or the disk's
+    fault): it is reported and left out, never a reason to stop.
+    """
+    tables: list[pa.Table] = []
+    warnings: list[str] = []
+    for order, shard in enumerate(sorted(directory.glob(SHARD_GLOB))):
+        try:
+            table = pq.read_table(shard).select(SCHEMA.names).cast(SCHEMA)
+        except (OSError, KeyError, ValueError, pa.ArrowException) as exc:
+            warnings.append(f"ignoring {shard} (not a simpool-embed shard: {exc})")
+            continue
+        tables.append(table.append_column("_order", pa.array(np.full(table.num_rows, order, np.int64))))
+    if not tables:
+        return empty_table(), warnings
+    table = pa.concat_tables(tables)
+    # Latest row per path: sort by (path, order desc) and keep each path's first row.
+    table = table.sort_by([("path", "ascending"), ("_order", "descending")])
+    paths = table.column("path").combine_chunks()
+    first = np.ones(len(paths), bool)
+    if len(paths) > 1:
+        first[1:] = pc.not_equal(paths.slice(1), paths.slice(0, len(paths) - 1)).to_numpy(
+            zero_copy_only=False
+        )
+    return table.filter(pa.array(first)).drop_columns(["_order"]), warnings
+
+
+def read_output(path: Path) -> tuple[pa.Table, list[str]]:
+    """What `simpool-embed` wrote at `path`: one Parquet file or a shard directory, one row per path."""
+    if is_shard_dir(path):
+        return read_shards(path)
+    table, warning = read_existing(path)
+    return table, [warning] if warning else []
