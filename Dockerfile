@@ -59,6 +59,14 @@ RUN --mount=type=bind,from=checkpoints,target=/checkpoints \
     export-models /models
 
 # ---------------------------------------------------------------------------------------------
+# The models the runtime images hold: those the export stage made, or a folder of models exported
+# elsewhere (one sub-folder per model, as simpool-export writes them), given with
+#   docker build --build-context models=/path/to/model_repository ...
+# which replaces this stage, so that the export stage (torch, timm) is not built at all.
+FROM scratch AS models
+COPY --from=export /models/ /
+
+# ---------------------------------------------------------------------------------------------
 # CPU runtime: plain Python base with onnxruntime.
 FROM ${PYTHON_IMAGE} AS runtime-cpu
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
@@ -70,7 +78,7 @@ RUN python pyproject_deps.py pyproject.toml cpu > requirements.txt \
     && pip install -r requirements.txt
 COPY --from=wheel /dist/ /dist/
 RUN pip install --no-deps /dist/*.whl && rm -rf /dist
-COPY --from=export /models /models
+COPY --from=models / /models
 ENV SIMPOOL_MODEL_DIR=/models SIMPOOL_HOST=0.0.0.0 SIMPOOL_PORT=8000 \
     SIMPOOL_PROVIDERS=CPUExecutionProvider
 # Numeric, so that Kubernetes' runAsNonRoot can check it.
@@ -101,7 +109,7 @@ RUN python pyproject_deps.py pyproject.toml gpu > requirements.txt \
     && pip install -r requirements.txt "onnxruntime-gpu==${ORT_GPU_VERSION}"
 COPY --from=wheel /dist/ /dist/
 RUN pip install --no-deps /dist/*.whl && rm -rf /dist
-COPY --from=export /models /models
+COPY --from=models / /models
 ENV SIMPOOL_MODEL_DIR=/models SIMPOOL_HOST=0.0.0.0 SIMPOOL_PORT=8000 \
     NVIDIA_VISIBLE_DEVICES=all NVIDIA_DRIVER_CAPABILITIES=compute,utility
 # Numeric, so that Kubernetes' runAsNonRoot can check it.

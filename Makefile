@@ -4,9 +4,13 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # onnxruntime flavour for the service: cpu (default) or gpu.
 RUNTIME ?= cpu
-EXTRAS ?= $(RUNTIME),export,dev
+EXTRAS ?= $(RUNTIME),export,ray,vectordb,dev
+# torch for the export extra. PyPI's build carries CUDA: about 3.2 GB of NVIDIA libraries in .venv,
+# needed only to export on a GPU. On a CPU-only host take the CPU build from PyTorch's own index:
+#   make install TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu      (see README)
+TORCH_INDEX_URL ?=
 comma := ,
-STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
+STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))$(if $(TORCH_INDEX_URL),-torch-index)
 MODEL_REPOSITORY ?= model_repository
 HOST ?= 0.0.0.0
 PORT ?= 8000
@@ -21,7 +25,12 @@ $(BIN)/python:
 
 # Re-installs only when pyproject.toml changes (or the extras do).
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[$(EXTRAS)]'
+	@if [ -z "$(TORCH_INDEX_URL)" ] && [ ! -e /proc/driver/nvidia ] && ! $(BIN)/python -c 'import torch' 2>/dev/null; then \
+		echo "note: no NVIDIA GPU here, but PyPI's torch brings ~3.2 GB of CUDA libraries into $(VENV)."; \
+		echo "      To avoid them: make install TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu (README)"; \
+	fi
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check \
+		$(if $(TORCH_INDEX_URL),--extra-index-url $(TORCH_INDEX_URL)) -e '.[$(EXTRAS)]'
 	rm -f $(VENV)/.installed-*
 	touch $@
 
@@ -48,6 +57,12 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest
+
+# The Dockerfile and docker-compose.yml built and run for real: podman's Docker API + docker-compose,
+# as root, with stand-in base images when no registry is reachable (docs/deploy.md).
+.PHONY: compose-test
+compose-test: $(STAMP)
+	SIMPOOL_VENV_BIN=$(abspath $(BIN)) deploy/compose-test/run.sh
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py

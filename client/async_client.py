@@ -12,7 +12,7 @@ import httpx
 from simpool_serve.client.inputs import ImageInput
 from simpool_serve.client.protocol import OnError, Operation, Protocol, Request, headers
 from simpool_serve.client.results import AttentionResult, ClassifyResult, EmbedResult, ModelInfo
-from simpool_serve.client.retry import RetryPolicy, RetryState
+from simpool_serve.client.retry import DEFAULT_CONNECT_TIMEOUT, RetryPolicy, RetryState
 from simpool_serve.client.sync_client import DEFAULT_URL
 
 T = TypeVar("T")
@@ -32,6 +32,7 @@ class AsyncSimPoolClient:
         max_request_bytes: int | None = None,
         max_concurrency: int = 4,
         timeout: float = 60.0,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         retry: RetryPolicy | None = None,
         **httpx_kwargs: Any,
     ) -> None:
@@ -45,8 +46,13 @@ class AsyncSimPoolClient:
         limits = httpx.Limits(max_connections=max_concurrency + 2, max_keepalive_connections=max_concurrency)
         httpx_kwargs.setdefault("limits", limits)
         self._http = httpx.AsyncClient(
-            base_url=base_url, timeout=timeout, headers=headers(api_key), **httpx_kwargs
+            base_url=base_url,
+            timeout=httpx.Timeout(timeout, connect=connect_timeout),
+            headers=headers(api_key),
+            **httpx_kwargs,
         )
+        self._url = str(self._http.base_url).rstrip("/")
+        self._reached = False  # an answer came once: a refused connection later is a restart
 
     @property
     def max_images_per_request(self) -> int:
@@ -66,7 +72,7 @@ class AsyncSimPoolClient:
     async def _send(self, request: Request) -> httpx.Response:
         async with self._slots:
             body = await asyncio.to_thread(request.json_body)  # file reads and base64 off the event loop
-            state = RetryState(self._retry)
+            state = RetryState(self._retry, self._url, self._reached)
             while True:
                 try:
                     response = await self._http.request(
@@ -75,6 +81,7 @@ class AsyncSimPoolClient:
                 except httpx.TransportError as exc:
                     wait: float | None = state.after_exception(exc)
                 else:
+                    self._reached = True
                     wait = state.after_response(response)
                     if wait is None:
                         return response
@@ -94,9 +101,14 @@ class AsyncSimPoolClient:
         return await self._run(self._protocol.embed(images, model, normalize, on_error))
 
     async def attention(
-        self, images: Sequence[ImageInput], *, model: str | None = None, on_error: OnError = "fail"
+        self,
+        images: Sequence[ImageInput],
+        *,
+        model: str | None = None,
+        on_error: OnError = "fail",
+        box_mass: float | None = None,
     ) -> AttentionResult:
-        return await self._run(self._protocol.attention(images, model, on_error))
+        return await self._run(self._protocol.attention(images, model, on_error, box_mass))
 
     async def attention_png(self, image: ImageInput, *, model: str | None = None) -> bytes:
         return await self._run(self._protocol.attention_png(image, model))

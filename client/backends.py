@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from simpool_serve.client.async_client import AsyncSimPoolClient
-from simpool_serve.client.errors import APIError, SimPoolError
+from simpool_serve.client.errors import APIError, SimPoolConnectionError, SimPoolError
 from simpool_serve.client.retry import RetryPolicy
 from simpool_serve.spec import EMBEDDING
 
@@ -64,6 +64,7 @@ class HttpBackend:
         api_key: str | None,
         concurrency: int,
         timeout: float,
+        connect_timeout: float,
         retry_timeout: float,
     ) -> HttpBackend:
         client = AsyncSimPoolClient(
@@ -72,10 +73,14 @@ class HttpBackend:
             model=model,
             max_concurrency=concurrency,
             timeout=timeout,
+            connect_timeout=connect_timeout,
             retry=RetryPolicy(total_timeout=retry_timeout),
         )
         try:
             infos = await client.models()
+        except SimPoolConnectionError as exc:  # it says which URL and what to check
+            await client.aclose()
+            raise FatalError(str(exc)) from exc
         except (APIError, SimPoolError) as exc:
             await client.aclose()
             raise FatalError(f"cannot list the models of {url}: {exc}") from exc

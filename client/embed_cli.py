@@ -2,13 +2,16 @@
 
 Exit codes: 0 every image has an embedding; 1 some images failed (listed, and in the
 `error` column); 2 the run could not start or had to stop (bad arguments, unreachable
-service, wrong key, unknown model); 130 interrupted (what was done is saved).
+service, wrong key, unknown model); 130 interrupted by SIGINT (Ctrl-C), 143 by SIGTERM
+(`timeout`, a scheduler, Kubernetes): either way what was done is saved and a re-run resumes.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -20,6 +23,8 @@ from tqdm import tqdm
 
 from simpool_serve.client import store
 from simpool_serve.client.backends import Backend, FatalError, HttpBackend, LocalBackend, default_url
+from simpool_serve.client.ray_args import add_ray_arguments, check_ray_arguments, reject_ray_only
+from simpool_serve.client.retry import DEFAULT_CONNECT_TIMEOUT
 from simpool_serve.client.walk import find_images, sha256_bytes
 from simpool_serve.spec import sha256_file
 
@@ -32,8 +37,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Embed every image under SOURCE_DIR (recursively) into a Parquet file; "
         "re-runs skip files whose content and model fingerprint are unchanged.",
     )
-    p.add_argument("source", type=Path, metavar="SOURCE_DIR")
-    p.add_argument("--out", type=Path, required=True, metavar="FILE.parquet")
+    p.add_argument("source", metavar="SOURCE_DIR", help="a folder (with --engine ray also a URI: s3://...)")
+    p.add_argument(
+        "--out", type=Path, required=True, metavar="FILE.parquet", help="with --engine ray: a folder"
+    )
     where = p.add_mutually_exclusive_group()
     where.add_argument("--url", help="simpool-serve to use (default: $SIMPOOL_URL or http://127.0.0.1:8000)")
     where.add_argument(
@@ -45,15 +52,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--api-key", default=None, help="service API key (default: $SIMPOOL_API_KEY)")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per HTTP request (default 120)")
     p.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=DEFAULT_CONNECT_TIMEOUT,
+        help=f"seconds to wait for a connection to the service (default {DEFAULT_CONNECT_TIMEOUT:g})",
+    )
+    p.add_argument(
         "--retry-timeout", type=float, default=120.0, help="seconds a batch may wait out 503s (default 120)"
     )
     p.add_argument(
         "--checkpoint-every", type=float, default=60.0, help="seconds between saves of partial results"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_ray_arguments(p)
     args = p.parse_args(argv)
     if args.concurrency < 1 or args.batch < 1:
         p.error("--concurrency and --batch must be >= 1")
+    if args.engine == "ray":
+        return check_ray_arguments(p, args)
+    reject_ray_only(p, args)
+    args.source = Path(args.source)
     if not args.source.is_dir():
         p.error(f"{args.source} is not a directory")
     return args
@@ -132,11 +150,28 @@ async def _open_backend(args: argparse.Namespace) -> Backend:
         api_key=args.api_key,
         concurrency=args.concurrency,
         timeout=args.timeout,
+        connect_timeout=args.connect_timeout,
         retry_timeout=args.retry_timeout,
     )
 
 
-async def _run(args: argparse.Namespace, state: list[Run]) -> int:
+def _stop_on_sigterm(stopped: list[int]) -> None:
+    """SIGTERM cancels the run like Ctrl-C does, so that what was done is saved (it used to kill the
+    process with nothing written). Left alone where SIGTERM is ignored on purpose."""
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return
+    task = asyncio.current_task()
+    assert task is not None
+
+    def on_sigterm() -> None:
+        stopped.append(signal.SIGTERM)
+        task.cancel()
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, on_sigterm)
+
+
+async def _run(args: argparse.Namespace, state: list[Run], stopped: list[int]) -> int:
+    _stop_on_sigterm(stopped)
     backend = await _open_backend(args)
     try:
         root = args.source
@@ -189,8 +224,8 @@ def _report(run: Run, total: int, unchanged: int) -> None:
     failures = run.failures
     embedded = len(run.new_rows) - len(failures)
     print(
-        f"{PROG}: {total} images: {embedded} embedded, {unchanged} unchanged, {len(failures)} failed"
-        f" -> {run.out} (model {run.model}, fingerprint {run.fingerprint})"
+        f"{PROG}: {_count(total, 'image')}: {embedded} embedded, {unchanged} unchanged, "
+        f"{len(failures)} failed -> {run.out} (model {run.model}, fingerprint {run.fingerprint})"
     )
     changed = {r.fingerprint for r in run.new_rows if r.error is None} - {run.fingerprint}
     if changed:
@@ -200,16 +235,45 @@ def _report(run: Run, total: int, unchanged: int) -> None:
             file=sys.stderr,
         )
     if failures:
-        print(f"{PROG}: {len(failures)} images failed:")
+        print(f"{PROG}: {_count(len(failures), 'image')} failed:")
         for r in failures:
             print(f"  {r.path}: {r.error}")
 
 
+class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever sys.stderr is at the time (tqdm and test runners swap it)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> object:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: object) -> None:
+        pass
+
+
+def _show_client_warnings() -> None:
+    """The client's warnings (a connection it is waiting for) as `simpool-embed: warning: ...` lines."""
+    logger = logging.getLogger("simpool_serve.client")
+    if not any(isinstance(h, _Stderr) for h in logger.handlers):
+        handler = _Stderr()
+        handler.setFormatter(logging.Formatter(f"{PROG}: warning: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.WARNING)
+        logger.propagate = False
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.engine == "ray":
+        from simpool_serve.client.ray_args import run_ray
+
+        return run_ray(args)
+    _show_client_warnings()
     state: list[Run] = []
+    stopped: list[int] = []
     try:
-        return asyncio.run(_run(args, state))
+        return asyncio.run(_run(args, state, stopped))
     except store.OutputError as exc:  # saving again would fail the same way
         print(f"{PROG}: error: {exc.strerror}", file=sys.stderr)
         return 2
@@ -224,12 +288,26 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        if state:
-            state[0].save()
-            print(
-                f"{PROG}: interrupted; {len(state[0].new_rows)} new rows saved to {args.out}", file=sys.stderr
-            )
-        return 130
+        return _stopped(state, args.out, "interrupted", 130)
+    except asyncio.CancelledError:
+        if not stopped:
+            raise
+        return _stopped(state, args.out, "terminated (SIGTERM)", 128 + signal.SIGTERM)
+
+
+def _stopped(state: list[Run], out: Path, how: str, code: int) -> int:
+    """Saves what was done before the signal; a re-run resumes from it."""
+    if state:
+        state[0].save()
+        print(f"{PROG}: {how}; {_count(len(state[0].new_rows), 'new row')} saved to {out}", file=sys.stderr)
+    else:
+        print(f"{PROG}: {how} before anything was embedded", file=sys.stderr)
+    return code
+
+
+def _count(n: int, noun: str) -> str:
+    """`1 image`, `2 images`."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 if __name__ == "__main__":

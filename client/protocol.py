@@ -177,9 +177,17 @@ class Protocol:
 
         return Operation([Request("POST", "/embed", c, fields) for c in chunks], finish)
 
-    def attention(self, images: Sequence[ImageInput], model: str | None, on_error: OnError) -> Operation:
+    def attention(
+        self,
+        images: Sequence[ImageInput],
+        model: str | None,
+        on_error: OnError,
+        box_mass: float | None = None,
+    ) -> Operation:
         chunks, offsets = self._split(images)
-        fields = self._fields(model, on_error=on_error)
+        fields = self._fields(
+            model, on_error=on_error, **({} if box_mass is None else {"box_mass": box_mass})
+        )
 
         def finish(responses: list[httpx.Response]) -> AttentionResult:
             bodies = [_json(r) for r in responses]
@@ -190,8 +198,18 @@ class Protocol:
                 for b in bodies
                 for a in b["attention"]
             ]
+            boxes = [
+                None if x is None else tuple(int(v) for v in x)
+                for b in bodies
+                for x in b.get("boxes") or [None] * len(b["attention"])  # a server from before boxes
+            ]
             return AttentionResult(
-                model=model_name, fingerprint=fp, errors=errors, attention=np.stack(maps), grid=(h, w)
+                model=model_name,
+                fingerprint=fp,
+                errors=errors,
+                attention=np.stack(maps),
+                grid=(h, w),
+                boxes=boxes,  # type: ignore[arg-type]
             )
 
         return Operation([Request("POST", "/attention", c, fields) for c in chunks], finish)

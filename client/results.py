@@ -49,10 +49,14 @@ class EmbedResult(_Result):
 
 @dataclass(frozen=True)
 class AttentionResult(_Result):
-    """`attention` is float32 [N, h, w], each map summing to 1; rows of failed images are NaN."""
+    """`attention` is float32 [N, h, w], each map summing to 1; rows of failed images are NaN.
+
+    `boxes[i]` is (x0, y0, x1, y1) in image i's upright pixels (x1, y1 exclusive), around where its
+    attention lies; None when that image failed."""
 
     attention: np.ndarray
     grid: tuple[int, int]
+    boxes: list[tuple[int, int, int, int] | None]
 
     def __len__(self) -> int:
         return int(self.attention.shape[0])

@@ -106,6 +106,16 @@ class OutputError(OSError):
     """The output could not be written (disk full, no permission); the previous file is untouched."""
 
 
+def _mode_for(path: Path) -> int:
+    """The replaced file's permissions, or for a new file what the umask leaves of 0666 (as `open` does)."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
 def write_atomic(table: pa.Table, path: Path, metadata: dict[str, str] | None = None) -> None:
     """Writes next to `path` and renames over it: a reader (or a crash) never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -113,6 +123,7 @@ def write_atomic(table: pa.Table, path: Path, metadata: dict[str, str] | None = 
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, _mode_for(path))  # mkstemp makes it 0600; the result should read like any file
         with os.fdopen(fd, "wb") as fh:
             pq.write_table(table, fh)
             fh.flush()
@@ -125,3 +136,49 @@ def write_atomic(table: pa.Table, path: Path, metadata: dict[str, str] | None = 
             kept = f"the previous {path} is unchanged" if path.exists() else f"{path} was not written"
             raise OutputError(exc.errno, f"cannot write {path}: {exc.strerror or exc}; {kept}") from exc
         raise
+
+
+# A shard directory (`simpool-embed --engine ray`): one Parquet file per batch of rows, named so that
+# names sort in the order they were written; a row of a later shard replaces one of the same path.
+SHARD_GLOB = "part-*.parquet"
+
+
+def is_shard_dir(path: Path) -> bool:
+    return path.is_dir()
+
+
+def read_shards(directory: Path) -> tuple[pa.Table, list[str]]:
+    """Every shard's rows, a path's latest row only, and a warning per shard that could not be read.
+
+    Shards are only ever renamed into place whole, so an unreadable one is not ours (or the disk's
+    fault): it is reported and left out, never a reason to stop.
+    """
+    tables: list[pa.Table] = []
+    warnings: list[str] = []
+    for order, shard in enumerate(sorted(directory.glob(SHARD_GLOB))):
+        try:
+            table = pq.read_table(shard).select(SCHEMA.names).cast(SCHEMA)
+        except (OSError, KeyError, ValueError, pa.ArrowException) as exc:
+            warnings.append(f"ignoring {shard} (not a simpool-embed shard: {exc})")
+            continue
+        tables.append(table.append_column("_order", pa.array(np.full(table.num_rows, order, np.int64))))
+    if not tables:
+        return empty_table(), warnings
+    table = pa.concat_tables(tables)
+    # Latest row per path: sort by (path, order desc) and keep each path's first row.
+    table = table.sort_by([("path", "ascending"), ("_order", "descending")])
+    paths = table.column("path").combine_chunks()
+    first = np.ones(len(paths), bool)
+    if len(paths) > 1:
+        first[1:] = pc.not_equal(paths.slice(1), paths.slice(0, len(paths) - 1)).to_numpy(
+            zero_copy_only=False
+        )
+    return table.filter(pa.array(first)).drop_columns(["_order"]), warnings
+
+
+def read_output(path: Path) -> tuple[pa.Table, list[str]]:
+    """What `simpool-embed` wrote at `path`: one Parquet file or a shard directory, one row per path."""
+    if is_shard_dir(path):
+        return read_shards(path)
+    table, warning = read_existing(path)
+    return table, [warning] if warning else []

@@ -12,7 +12,7 @@ import httpx
 from simpool_serve.client.inputs import ImageInput
 from simpool_serve.client.protocol import OnError, Operation, Protocol, Request, headers
 from simpool_serve.client.results import AttentionResult, ClassifyResult, EmbedResult, ModelInfo
-from simpool_serve.client.retry import RetryPolicy, RetryState
+from simpool_serve.client.retry import DEFAULT_CONNECT_TIMEOUT, RetryPolicy, RetryState
 
 T = TypeVar("T")
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -24,7 +24,8 @@ class SimPoolClient:
     `api_key` defaults to $SIMPOOL_API_KEY; large calls are split into requests of at most
     `max_images_per_request` images and `max_request_bytes` bytes (defaults: $SIMPOOL_MAX_IMAGES_PER_REQUEST
     and $SIMPOOL_MAX_REQUEST_BYTES, else the service's defaults, 64 and 100 MiB); `timeout` is per HTTP
-    request, `retry` bounds the waiting on 503s.
+    request, `connect_timeout` (5 s) the wait for a connection, `retry` bounds the waiting on 503s and
+    lost connections. Where nothing listens at `base_url`, the first call fails at once.
     """
 
     def __init__(
@@ -36,6 +37,7 @@ class SimPoolClient:
         max_images_per_request: int | None = None,
         max_request_bytes: int | None = None,
         timeout: float = 60.0,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         retry: RetryPolicy | None = None,
         **httpx_kwargs: Any,
     ) -> None:
@@ -44,8 +46,13 @@ class SimPoolClient:
         )
         self._retry = retry or RetryPolicy()
         self._http = httpx.Client(
-            base_url=base_url, timeout=timeout, headers=headers(api_key), **httpx_kwargs
+            base_url=base_url,
+            timeout=httpx.Timeout(timeout, connect=connect_timeout),
+            headers=headers(api_key),
+            **httpx_kwargs,
         )
+        self._url = str(self._http.base_url).rstrip("/")
+        self._reached = False  # an answer came once: a refused connection later is a restart
 
     @property
     def max_images_per_request(self) -> int:
@@ -64,13 +71,14 @@ class SimPoolClient:
 
     def _send(self, request: Request) -> httpx.Response:
         body = request.json_body()
-        state = RetryState(self._retry)
+        state = RetryState(self._retry, self._url, self._reached)
         while True:
             try:
                 response = self._http.request(request.method, request.path, json=body, params=request.params)
             except httpx.TransportError as exc:
                 wait: float | None = state.after_exception(exc)
             else:
+                self._reached = True
                 wait = state.after_response(response)
                 if wait is None:
                     return response
@@ -91,10 +99,16 @@ class SimPoolClient:
         return self._run(self._protocol.embed(images, model, normalize, on_error))
 
     def attention(
-        self, images: Sequence[ImageInput], *, model: str | None = None, on_error: OnError = "fail"
+        self,
+        images: Sequence[ImageInput],
+        *,
+        model: str | None = None,
+        on_error: OnError = "fail",
+        box_mass: float | None = None,
     ) -> AttentionResult:
-        """SimPool attention maps [N, h, w] over the final feature grid."""
-        return self._run(self._protocol.attention(images, model, on_error))
+        """SimPool attention maps [N, h, w] over the final feature grid, and the box around each one's
+        main region holding `box_mass` of it (the server's default, 0.6, when None)."""
+        return self._run(self._protocol.attention(images, model, on_error, box_mass))
 
     def attention_png(self, image: ImageInput, *, model: str | None = None) -> bytes:
         """A PNG heat-map overlay of one image's attention, as the service renders it."""

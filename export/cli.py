@@ -1,6 +1,7 @@
 """`simpool-export`: checkpoint (or random init) -> verified model.onnx + manifest.json.
 
-Exit codes: 0 written and verified; 1 the parity gate failed (nothing is left behind);
+Exit codes: 0 written and verified; 1 the parity gate or the INT8 quality gate failed (nothing is left
+behind);
 2 bad arguments, or a checkpoint that is refused, unreadable or does not match the model;
 3 the exporter itself failed (a bug: the traceback is printed, nothing is left behind). Scripts
 can tell "this model does not verify" (1) from "fix the command" (2) from "report this" (3).
@@ -20,7 +21,10 @@ from simpool_serve.spec import DEFAULT_OPSET
 
 # torch, timm and onnx load inside run(): a usage error is reported without waiting for them.
 if TYPE_CHECKING:
+    from simpool_serve.export.calibration import CalibrationSet
+    from simpool_serve.export.manifest import ManifestInputs
     from simpool_serve.models.checkpoint import ImportedCheckpoint
+    from simpool_serve.spec import Manifest
 
 EXIT_PARITY = 1
 EXIT_USAGE = 2
@@ -70,6 +74,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
     p.add_argument("--fp16", action="store_true", help="half-precision weights; input uint8, outputs float32")
     p.add_argument(
+        "--int8", action="store_true", help="static INT8 (QDQ) for CPUs, calibrated on --calibration images"
+    )
+    p.add_argument(
+        "--calibration",
+        type=Path,
+        metavar="DIR",
+        help="images for --int8: every 5th (path order) is held out for the quality gate, the rest calibrate",
+    )
+    p.add_argument(
+        "--calibration-count", type=int, metavar="N", help="calibrate on at most N images (default: all)"
+    )
+    p.add_argument(
         "--triton-repo",
         type=Path,
         help="also write a Triton model repository entry DIR/NAME/config.pbtxt + DIR/NAME/1/model.onnx",
@@ -104,7 +120,7 @@ def _load(args: argparse.Namespace) -> tuple[ImportedCheckpoint | None, str | No
     return imported, sha
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, split: CalibrationSet | None = None) -> int:
     import onnx
     import torch
 
@@ -145,20 +161,22 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"cannot create --out {out}: {exc.strerror or exc}") from None
     onnx_path, manifest_path = out / "model.onnx", out / "manifest.json"
     manifest_path.unlink(missing_ok=True)  # never leave a manifest that describes another graph
+    # With --int8 the verified fp32 graph is an intermediate: the reference of the quality gate.
+    fp32_path = out / ".model.fp32.onnx" if args.int8 else onnx_path
     try:
-        export_onnx(graph, onnx_path, config.image_size, args.opset)
-        onnx.checker.check_model(str(onnx_path), full_check=True)
-        print(f"wrote {onnx_path} ({onnx_path.stat().st_size / 1e6:.1f} MB, opset {args.opset})")
-        errors = check_parity(onnx_path, reference, config.image_size)
+        export_onnx(graph, fp32_path, config.image_size, args.opset)
+        onnx.checker.check_model(str(fp32_path), full_check=True)
+        print(f"wrote {fp32_path} ({fp32_path.stat().st_size / 1e6:.1f} MB, opset {args.opset})")
+        errors = check_parity(fp32_path, reference, config.image_size)
     except BaseException:
-        onnx_path.unlink(missing_ok=True)  # a graph that was never verified is not left behind
+        fp32_path.unlink(missing_ok=True)  # a graph that was never verified is not left behind
         raise
 
     tolerance = FP16_TOLERANCE if args.fp16 else FP32_TOLERANCE
     report = ", ".join(f"{k} {v:.2e}" for k, v in errors.items())
     print(f"parity (onnxruntime CPU vs PyTorch fp32, batch 1 and 3), worst relative error: {report}")
     if any(v > tolerance for v in errors.values()):
-        onnx_path.unlink(missing_ok=True)
+        fp32_path.unlink(missing_ok=True)
         print(f"error: parity above {tolerance:g}: the graph was removed", file=sys.stderr)
         return EXIT_PARITY
 
@@ -180,6 +198,15 @@ def run(args: argparse.Namespace) -> int:
         precision="fp16" if args.fp16 else "fp32",
         outputs=graph.output_names,
     )
+    if split is not None:
+        fp32_manifest = build_manifest(inputs, pre, fp32_path, errors)
+        try:
+            int8_inputs = _int8(fp32_path, onnx_path, split, fp32_manifest, inputs)
+        finally:
+            fp32_path.unlink(missing_ok=True)
+        if int8_inputs is None:
+            return EXIT_PARITY
+        inputs = int8_inputs
     write_manifest(build_manifest(inputs, pre, onnx_path, errors), manifest_path)
     print(f"wrote {manifest_path} in {time.perf_counter() - t0:.1f}s")
     if args.triton_repo is not None:
@@ -198,11 +225,46 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _int8(
+    fp32_path: Path, onnx_path: Path, split: CalibrationSet, fp32_manifest: Manifest, inputs: ManifestInputs
+) -> ManifestInputs | None:
+    """Quantizes and gates; the INT8 graph's manifest inputs, or None (graph removed) below the gate."""
+    import dataclasses
+
+    from simpool_serve.export.quality import MIN_COSINE
+    from simpool_serve.export.quantize import quantization_record, quantize_and_compare
+
+    print(f"int8: calibrating on {len(split.calibration)} images, {len(split.held_out)} held out")
+    try:
+        agreement = quantize_and_compare(fp32_path, onnx_path, split, fp32_manifest)
+    except BaseException:
+        onnx_path.unlink(missing_ok=True)
+        raise
+    top1 = "" if agreement.top1_agreement is None else f", top-1 agreement {agreement.top1_agreement:.3f}"
+    print(
+        f"int8 vs fp32 on {agreement.images} held-out images: lowest embedding cosine "
+        f"{agreement.min_cosine:.5f} (mean {agreement.mean_cosine:.5f}){top1}, "
+        f"largest attention difference {agreement.attention_max_abs:.2e}"
+    )
+    if agreement.min_cosine < MIN_COSINE:
+        onnx_path.unlink(missing_ok=True)
+        print(f"error: lowest cosine under {MIN_COSINE}: the INT8 graph was removed", file=sys.stderr)
+        return None
+    record = quantization_record(split, agreement)
+    return dataclasses.replace(inputs, precision="int8", quantization=record)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.random_init == bool(args.checkpoint):
         parser.error("pass exactly one of --checkpoint or --random-init")
+    if args.int8 != (args.calibration is not None):
+        parser.error("--int8 and --calibration DIR go together")
+    if args.int8 and args.fp16:
+        parser.error("--int8 and --fp16 exclude each other")
+    if args.calibration_count is not None and (not args.int8 or args.calibration_count < 1):
+        parser.error("--calibration-count N needs --int8 and N >= 1")
     if args.image_size is not None and args.image_size < 32:
         parser.error("--image-size must be at least 32")
     if args.triton_max_batch_size < 1:
@@ -214,7 +276,13 @@ def main(argv: list[str] | None = None) -> int:
     from simpool_serve.models.safe_load import CheckpointError
 
     try:
-        return run(args)
+        # A calibration folder that cannot calibrate is a usage error, found before torch even loads.
+        split = None
+        if args.int8:
+            from simpool_serve.export.calibration import split_folder
+
+            split = split_folder(args.calibration, args.calibration_count)
+        return run(args, split)
     except (CheckpointError, ValueError) as exc:  # refused, unreadable, mismatched, unsupported arch
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -39,8 +39,9 @@ class ManifestInputs:
     checkpoint_format: str | None
     seed: int | None
     opset: int
-    precision: str  # "fp32" or "fp16"
+    precision: str  # "fp32", "fp16" or "int8"
     outputs: list[str]
+    quantization: dict[str, object] | None = None  # INT8 only: how it was calibrated and gated
 
 
 def build_manifest(
@@ -73,6 +74,7 @@ def build_manifest(
             "precision": m.precision,
             "outputs": list(m.outputs),
             "parity": {k: float(v) for k, v in parity.items()},
+            **({"quantization": dict(m.quantization)} if m.quantization is not None else {}),
             "created_at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
             "exporter_version": __version__,
             "toolchain": toolchain(),

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI
 
+from simpool_serve.service import docs_pages
 from simpool_serve.service.engine import Engine
 from simpool_serve.service.engine.runner import OnnxRunner, RunnerFactory
 from simpool_serve.service.handlers import install_error_handlers
@@ -21,6 +22,7 @@ from simpool_serve.service.oip import routes as oip
 from simpool_serve.service.openai import routes as openai
 from simpool_serve.service.routes import ops, rest
 from simpool_serve.service.settings import Settings
+from simpool_serve.service.ui import ui_router
 
 log = logging.getLogger("simpool_serve.app")
 
@@ -41,8 +43,13 @@ def create_app(
     async def load(engine: Engine) -> None:
         try:
             await engine.load()
-        except Exception:
-            log.exception("loading the models failed")
+        except Exception as exc:
+            # The reason is the message; the traceback helps only someone debugging the service itself.
+            log.error(
+                "loading the models failed",
+                exc_info=exc if log.isEnabledFor(logging.DEBUG) else None,
+                extra={"error": engine.load_error},
+            )
             if on_fatal is not None:
                 on_fatal(engine.load_error or "loading the models failed")
 
@@ -70,6 +77,8 @@ def create_app(
         # No 307 from `/embed/` to `/embed`: a client following it would send its (up to 100 MB) body
         # twice. A path with a trailing slash is an unknown path, answered 404 like any other.
         redirect_slashes=False,
+        docs_url=None,  # FastAPI's pages load their scripts from a CDN: docs_pages serves them itself
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.metrics = metrics
@@ -82,4 +91,7 @@ def create_app(
     app.include_router(oip.router)
     app.include_router(oip.probes)
     app.include_router(openai.router)
+    app.include_router(docs_pages.docs_router(app.title))
+    app.include_router(docs_pages.home_router())
+    app.include_router(ui_router())  # the explorer page at /ui
     return app

@@ -31,4 +31,6 @@ async def require_key(
     expected = settings.api_key.get_secret_value().encode()
     given = creds.credentials.encode() if creds is not None else b""
     if creds is None or not hmac.compare_digest(given, expected):
-        raise EngineError(Kind.UNAUTHORIZED, "missing or wrong API key", "unauthorized")
+        what = "missing API key" if creds is None else "wrong API key"
+        detail = f"{what}: send it as the header `Authorization: Bearer <key>`"
+        raise EngineError(Kind.UNAUTHORIZED, detail, "unauthorized")

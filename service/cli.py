@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import resource
 import signal
+import socket
 import sys
 import threading
+import traceback
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
@@ -16,13 +19,15 @@ from types import FrameType
 import uvicorn
 from pydantic import ValidationError
 
-from simpool_serve.service import logs
+from simpool_serve.service import logs, preflight
 from simpool_serve.service.app import create_app
 from simpool_serve.service.settings import Settings
 
 log = logging.getLogger("simpool_serve.cli")
 
-# Like uvicorn: the server could not start serving (unreadable repository, a model that fails to load).
+# Exit codes (docs/service.md): a flag or SIMPOOL_* value of the wrong type or out of range; and, as
+# uvicorn's, the server could not start serving (repository, default model, provider, port, a model load).
+INVALID_SETTINGS = 2
 STARTUP_FAILURE = 3
 
 
@@ -80,16 +85,55 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    overrides = {k: v for k, v in vars(args).items() if v is not None}
-    try:
-        settings = Settings(**overrides)
-    except ValidationError as exc:
-        print(f"simpool-serve: invalid settings:\n{exc}", file=sys.stderr)
-        return 2
-    logs.configure(settings.log_level)
-    log.info("open file limit", extra={"nofile": raise_open_file_limit()})
+def _wants_debug(args: argparse.Namespace) -> bool:
+    """Whether tracebacks are wanted, known before the settings are (they may be what failed)."""
+    level = args.log_level or os.environ.get("SIMPOOL_LOG_LEVEL", "")
+    return level.lower() == "debug"
+
+
+def _fail(message: str, code: int, exc: BaseException, debug: bool) -> int:
+    """One line on stderr naming what to change; the traceback only with --log-level debug."""
+    if debug:
+        traceback.print_exception(exc, file=sys.stderr)
+    print(f"simpool-serve: error: {message}", file=sys.stderr)
+    return code
+
+
+class _StartupLines(logging.Filter):
+    """Drops uvicorn's "Application startup complete.": here the models load after it, so it would
+    read as "ready" a minute early. The service's own lines say when loading starts and ends."""
+
+    _DROPPED = frozenset({"Waiting for application startup.", "Application startup complete."})
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() not in self._DROPPED
+
+
+def _announce(settings: Settings, sock: socket.socket, models: list[str], untrained: list[str]) -> None:
+    host, port = sock.getsockname()[:2]
+    url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    log.info(
+        f"listening on {url}; loading {len(models)} model(s): {', '.join(models)} "
+        "(/readyz answers 503 until every model is loaded and warmed up)",
+        extra={"url": url, "model_dir": str(settings.model_dir), "models": models},
+    )
+    for name in untrained:
+        log.warning(
+            f"model {name} has random weights (exported with --random-init): its embeddings, attention "
+            "maps and classes are meaningless; export a checkpoint for real answers (see README)",
+            extra={"model": name, "weights": "random"},
+        )
+    if untrained and preflight.exposed(settings):
+        log.warning(
+            f"UNTRAINED MODELS ON EVERY NETWORK INTERFACE WITHOUT AN API KEY: anyone who reaches port "
+            f"{port} gets meaningless answers from {', '.join(untrained)}; listen on --host 127.0.0.1 "
+            "or set SIMPOOL_API_KEY",
+            extra={"models": untrained, "host": settings.host},
+        )
+
+
+def _serve(settings: Settings, sock: socket.socket) -> int:
+    """Runs uvicorn on the socket until a signal (0) or a model that fails to load (3)."""
     fatal: list[str] = []
     server: _Server | None = None
 
@@ -111,14 +155,37 @@ def main(argv: list[str] | None = None) -> int:
         lifespan="on",
         timeout_keep_alive=settings.keep_alive_timeout_s,  # type: ignore[arg-type]
         limit_concurrency=settings.max_connections or None,
-        backlog=settings.backlog,
     )
     server = _Server(config)
-    server.run()  # exits with uvicorn's code 3 itself if start-up (reading the repository) fails
+    server.run(sockets=[sock])
     if fatal:
-        log.error("exiting: %s", fatal[0])
+        print(f"simpool-serve: error: {fatal[0]}", file=sys.stderr)
         return STARTUP_FAILURE
     return 0 if server.started else STARTUP_FAILURE
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    debug = _wants_debug(args)
+    overrides = {k: v for k, v in vars(args).items() if v is not None}
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        return _fail(preflight.settings_error(exc), INVALID_SETTINGS, exc, debug)
+    logs.configure(settings.log_level)
+    log.info("open file limit", extra={"nofile": raise_open_file_limit()})
+    logging.getLogger("uvicorn.error").addFilter(_StartupLines())
+    try:
+        models = preflight.check_repository(settings.model_dir)
+        preflight.check_default_model(models, settings.default_model)
+        preflight.check_providers(settings.providers)
+        sock = preflight.listen(settings.host, settings.port, settings.backlog)
+    except preflight.ConfigError as exc:
+        return _fail(str(exc), STARTUP_FAILURE, exc, debug)
+    _announce(settings, sock, sorted(models), preflight.untrained(models))
+
+    with sock:  # closed however the server ends (or fails to be built)
+        return _serve(settings, sock)
 
 
 if __name__ == "__main__":

@@ -45,7 +45,13 @@ class EmbedFields(Fields):
 
 
 class AttentionFields(Fields):
-    pass
+    box_mass: float = Field(
+        0.6,
+        gt=0,
+        le=1,
+        allow_inf_nan=False,
+        description="Share of the attention's mass whose main connected region `boxes` outlines.",
+    )
 
 
 class ClassifyFields(Fields):

@@ -35,6 +35,10 @@ class EmbedOut(Answer):
 class AttentionOut(Answer):
     grid: tuple[int, int] = Field(description="[h, w] of each map.")
     attention: list[list[list[float]] | None] = Field(description="One h×w map per image; each sums to 1.")
+    boxes: list[tuple[int, int, int, int] | None] = Field(
+        description="Per image, [x0, y0, x1, y1] in the upright original's pixels (x1, y1 exclusive): "
+        "the smallest box around the main connected region holding the top `box_mass` of the attention."
+    )
 
 
 class Prediction(BaseModel):

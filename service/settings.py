@@ -89,6 +89,22 @@ class Settings(BaseSettings):
         "(a lone request on an idle CPU runs ~15 ms faster; idle cost measured nil).",
     )
 
+    # GPU providers (options of the CUDA and TensorRT providers; see service/engine/providers.py).
+    cuda_device_id: int = Field(0, ge=0, description="GPU the CUDA and TensorRT providers run on.")
+    cuda_conv_algo_search: Literal["HEURISTIC", "DEFAULT", "EXHAUSTIVE"] = Field(
+        "HEURISTIC",
+        description="cuDNN convolution algorithm choice; EXHAUSTIVE benchmarks on the first batch of "
+        "every size (a stalled first request), HEURISTIC does not.",
+    )
+    cuda_mem_limit_mb: int = Field(0, ge=0, description="CUDA memory arena limit per session; 0 = none.")
+    trt_fp16: bool = Field(True, description="TensorRT may run layers in half precision.")
+    trt_cache: bool = Field(
+        True, description="TensorRT engine and timing caches in the model folder (trt_cache/)."
+    )
+    io_binding: bool = Field(
+        False, description="Run GPU sessions through I/O binding (outputs written straight to host memory)."
+    )
+
     # Access and logs.
     api_key: SecretStr | None = Field(
         None, description="When set, every API call needs `Authorization: Bearer <key>`."
@@ -121,6 +137,11 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value
+
+    @field_validator("cuda_conv_algo_search", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
 
     @field_validator("log_level", mode="before")
     @classmethod

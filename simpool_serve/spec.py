@@ -47,6 +47,18 @@ class ManifestError(ValueError):
     """A manifest that is missing, unreadable or lacks a field the service relies on."""
 
 
+class Quantization(BaseModel):
+    """How an INT8 graph was made and how closely it answers as its fp32 graph (held-out images)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    method: str
+    calibration_images: int = Field(ge=1)
+    calibration_sha256: str
+    min_cosine: float
+    top1_agreement: float | None = None
+
+
 class Manifest(BaseModel):
     """`manifest.json` beside a `model.onnx`. The exporter writes it through this model and the
     service reads it back through it; fields beyond these are kept (and listed by `/models`)."""
@@ -70,6 +82,7 @@ class Manifest(BaseModel):
     labels: list[str] | None = None
     opset: int | None = None
     precision: str | None = None
+    quantization: Quantization | None = None
     created_at: str | None = None
     exporter_version: str | None = None
 
@@ -93,7 +106,10 @@ def load_manifest(path: Path | str) -> Manifest:
     except (OSError, json.JSONDecodeError) as exc:
         raise ManifestError(f"{path}: cannot read manifest: {exc}") from exc
     except ValidationError as exc:
-        raise ManifestError(f"{path}: invalid manifest: {exc}") from exc
+        fields = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'manifest'}: {e['msg']}" for e in exc.errors()
+        )
+        raise ManifestError(f"{path}: invalid manifest: {fields}") from exc
 
 
 def sha256_file(path: Path) -> str:

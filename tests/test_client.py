@@ -133,10 +133,18 @@ def test_attention_classify_and_png(server: Server, five: list[Path]) -> None:
         cls = client.classify(five[:2], top_k=3)
         png = client.attention_png(five[0])
         vit = client.attention(five[:1], model="vit_tiny")
+        whole = client.attention(five[:1], box_mass=1.0)
     h, w = att.grid
     assert att.attention.shape == (3, h, w) and att.fingerprint
     np.testing.assert_allclose(att.attention.sum(axis=(1, 2)), 1.0, atol=1e-4)
     assert vit.model == "vit_tiny" and vit.fingerprint != att.fingerprint
+    width, height = Image.open(five[0]).size
+    for box in [*att.boxes, *whole.boxes]:
+        assert box is not None and 0 <= box[0] < box[2] <= width and 0 <= box[1] < box[3] <= height
+    # All the mass is the whole crop, which holds the box of any smaller share.
+    (w0, w1), (a0, a1) = whole.boxes[0][:2], att.boxes[0][:2]  # type: ignore[index]
+    assert len(att.boxes) == 3 and w0 <= a0 and w1 <= a1
+    assert whole.boxes[0][2] >= att.boxes[0][2] and whole.boxes[0][3] >= att.boxes[0][3]  # type: ignore[index]
     assert len(cls.predictions) == 2
     for preds in cls.predictions:
         assert preds is not None and len(preds) == 3

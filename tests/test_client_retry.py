@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -61,12 +63,56 @@ def test_gives_up_within_the_retry_budget() -> None:
     assert e.value.headers.get("retry-after") == "1"
 
 
-def test_unreachable_service_raises_connection_error() -> None:
-    port = free_port()  # nothing listens there: connections are refused
-    with SimPoolClient(f"http://127.0.0.1:{port}", retry=RetryPolicy(total_timeout=0.5)) as client:
-        with pytest.raises(SimPoolConnectionError):
+def test_nothing_listening_fails_at_once_naming_the_url() -> None:
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there: connections are refused
+    started = time.monotonic()
+    with SimPoolClient(url) as client:  # the default retry budget (60 s) is not spent on a wrong URL
+        with pytest.raises(SimPoolConnectionError, match="is simpool-serve running there") as e:
             client.models()
         assert not client.healthy()
+    with pytest.raises(SimPoolConnectionError, match=r"\(connection refused\)"):
+        asyncio.run(AsyncSimPoolClient(url).models())
+    assert url in str(e.value) and time.monotonic() - started < 10
+
+
+def test_a_connect_timeout_is_retried_and_said_while_waiting(caplog: pytest.LogCaptureFixture) -> None:
+    # A listening socket whose accept queue is full: the kernel drops further connection attempts, as a
+    # firewalled or overloaded host does, so the client's connect times out.
+    with socket.socket() as full:
+        full.bind(("127.0.0.1", 0))
+        full.listen(0)
+        url = f"http://127.0.0.1:{full.getsockname()[1]}"
+        with socket.create_connection(full.getsockname()):
+            policy = RetryPolicy(total_timeout=1.5)
+            with (
+                SimPoolClient(url, connect_timeout=0.2, retry=policy) as client,
+                caplog.at_level("WARNING"),
+                pytest.raises(SimPoolConnectionError, match="no connection within the connect timeout"),
+            ):
+                client.models()
+    waits = [r.getMessage() for r in caplog.records if r.name == "simpool_serve.client"]
+    assert waits and all("does not accept the connection within the connect timeout" in w for w in waits)
+    assert url in waits[0] and "trying again in" in waits[0]
+
+
+def test_a_refused_connection_after_an_answer_is_a_restart_worth_waiting_for(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    script = ProxyScript(upstream=None, retry_after="5")  # longer than the budget: one 503, at once
+    with loopback_proxy(script) as url:
+        client = SimPoolClient(url, retry=RetryPolicy(total_timeout=1.0))
+        with pytest.raises(ServiceUnavailableError):
+            client.models()  # answered (503): the service exists
+    with (
+        client,
+        caplog.at_level("WARNING"),
+        pytest.raises(SimPoolConnectionError, match="connection refused"),
+    ):
+        client.models()  # now refused: retried for the budget, out loud
+    waits = [
+        r.getMessage() for r in caplog.records if "refuses the connection (restarting?)" in r.getMessage()
+    ]
+    assert len(waits) >= 2
 
 
 def test_parse_retry_after_forms() -> None:

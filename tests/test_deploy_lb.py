@@ -93,10 +93,11 @@ class TinyDNS:
 
 
 def loopback_conf(dns_port: int, lb_port: int, replica_port: int) -> str:
-    """The repo's nginx config with only the resolver address and the two ports rewritten."""
+    """The repo's nginx template with the resolver filled in (as the nginx image's entry point does) and
+    only the two ports rewritten."""
     conf = NGINX_CONF.read_text()
     rewrites = [
-        (r"^resolver 127\.0\.0\.11 ", f"resolver 127.0.0.1:{dns_port} "),
+        (r"^resolver \$\{NGINX_RESOLVER\} ", f"resolver 127.0.0.1:{dns_port} "),
         (r"^(\s*)listen 8000;", rf"\g<1>listen 127.0.0.1:{lb_port};"),
         (r"http://simpool:8000;", f"http://simpool:{replica_port};"),
     ]

@@ -7,7 +7,9 @@ import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -132,38 +134,89 @@ def test_local_matches_server(
             assert cosine(a[path]["embedding"], b[path]["embedding"]) >= 0.9999, path
 
 
-def test_unreachable_service_is_a_clean_exit_2(tmp_path: Path, photos: dict[str, Path]) -> None:
+def with_default_signals(cmd: list) -> list:
+    """`cmd` with SIGINT and SIGTERM back to their defaults: a shell ignores SIGINT in its background
+    jobs, and a child inherits that, so the suite run with `&` would send a Ctrl-C that nobody hears."""
+    reset = (
+        "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+        "signal.signal(signal.SIGTERM, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])"
+    )
+    return [sys.executable, "-c", reset, *map(str, cmd)]
+
+
+def test_unreachable_service_fails_at_once_naming_the_url(tmp_path: Path, photos: dict[str, Path]) -> None:
     src, out = make_source(photos, tmp_path / "src", broken=False), tmp_path / "o.parquet"
-    url = f"http://127.0.0.1:{free_port()}"
-    assert main([str(src), "--out", str(out), "--url", url, "--retry-timeout", "0.3", "--no-progress"]) == 2
-    assert not out.exists()
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens: refused, which waiting would not change
+    started = time.monotonic()
+    proc = subprocess.run(
+        [BIN / "simpool-embed", src, "--out", out, "--url", url], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 2 and not out.exists()
+    assert time.monotonic() - started < 30  # not the retry budget (120 s by default)
+    assert proc.stderr.strip().splitlines() == [
+        f"simpool-embed: error: cannot connect to {url} (connection refused): "
+        "is simpool-serve running there? "
+        "Start it (simpool-serve --model-dir DIR), or give the URL it listens on"
+    ]
 
 
+@pytest.mark.parametrize(
+    ("sig", "code", "said"), [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")]
+)
 def test_interrupted_run_keeps_a_valid_file_and_resumes(
-    server: Server, photos: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    server: Server,
+    photos: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    sig: signal.Signals,
+    code: int,
+    said: str,
 ) -> None:
     src, out = make_source(photos, tmp_path / "src", broken=False), tmp_path / "o.parquet"
     # The proxy answers two single-image requests, then holds the third until the test ends.
     script = ProxyScript(upstream=server.url, hold_after=2)
     with loopback_proxy(script) as url:
         cmd = [BIN / "simpool-embed", src, "--out", out, "--url", url, "--batch", "1", "--concurrency", "1"]
-        proc = subprocess.Popen([*cmd, "--checkpoint-every", "0"], stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            with_default_signals([*cmd, "--checkpoint-every", "0"]), stderr=subprocess.PIPE, text=True
+        )
         try:
             deadline = time.monotonic() + 120
             while not (out.exists() and pq.read_table(out).num_rows == 2):  # every read sees a whole file
                 assert proc.poll() is None and time.monotonic() < deadline, "run ended early"
                 time.sleep(0.1)
-            proc.send_signal(signal.SIGINT)
+            proc.send_signal(sig)
             _, err = proc.communicate(timeout=60)
         finally:
             if proc.poll() is None:
                 proc.kill()
-    assert proc.returncode == 130, err
-    assert "interrupted" in err
+    assert proc.returncode == code, err
+    assert f"{said}" in err and "2 new rows saved" in err
     assert pq.read_table(out).num_rows == 2
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
     assert main([str(src), "--out", str(out), "--url", server.url, "--no-progress"]) == 0
     assert summary(capsys.readouterr().out) == (len(photos) - 2, 2, 0)
+
+
+def test_one_failure_reads_as_one_and_the_file_follows_the_umask(
+    server: Server, photos: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src, out = tmp_path / "src", tmp_path / "o.parquet"
+    src.mkdir()
+    shutil.copy(photos["coffee.jpg"], src)
+    (src / "broken.jpg").write_bytes(b"not a jpeg")
+    previous = os.umask(0o027)
+    try:
+        assert main([str(src), "--out", str(out), "--url", server.url, "--no-progress"]) == 1
+    finally:
+        os.umask(previous)
+    text = capsys.readouterr().out
+    assert "simpool-embed: 2 images: 1 embedded, 0 unchanged, 1 failed" in text
+    assert "simpool-embed: 1 image failed:" in text
+    assert stat.S_IMODE(out.stat().st_mode) == 0o640  # not mkstemp's 0600
+    out.chmod(0o664)  # a re-run keeps the file's own permissions
+    assert main([str(src), "--out", str(out), "--url", server.url, "--no-progress"]) == 1
+    assert stat.S_IMODE(out.stat().st_mode) == 0o664
 
 
 def test_strict_server_key_limits_and_local_limits(

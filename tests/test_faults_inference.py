@@ -21,6 +21,7 @@ import pytest
 from inprocess import serve_in_thread
 
 from simpool_serve.service.app import create_app
+from simpool_serve.service.engine.providers import ProviderOptions
 from simpool_serve.service.engine.runner import OnnxRunner
 from simpool_serve.service.settings import Settings
 
@@ -66,8 +67,10 @@ def faulty(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     shutil.copytree(model_repo / "resnet18", repo / "resnet18")
     switch = Switch()
 
-    def factory(path: Path, providers: list[str] | None, threads: int, spinning: bool) -> FailOnDemand:
-        return FailOnDemand(OnnxRunner(path, providers, threads, spinning), switch)
+    def factory(
+        path: Path, providers: list[str] | None, threads: int, spinning: bool, options: ProviderOptions | None
+    ) -> FailOnDemand:
+        return FailOnDemand(OnnxRunner(path, providers, threads, spinning, options), switch)
 
     settings = Settings(
         model_dir=repo,

@@ -95,3 +95,47 @@ def test_query_refuses_an_index_from_another_model(
         BIN / "python", EXAMPLE / "query.py", tmp_path / "idx", next(src.iterdir()), "--url", server.url
     )
     assert proc.returncode == 3 and "re-run simpool-embed" in proc.stderr
+
+
+def test_near_duplicates_through_lancedb(
+    server: Server, model_repo: Path, collection: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """The same collection, embedded by the Ray job into shards, searched in a real LanceDB table."""
+    pytest.importorskip("lancedb")
+    pytest.importorskip("ray.data")
+    src, copies = collection
+    shards, db = tmp_path / "shards", str(tmp_path / "db")
+    embed = [BIN / "simpool-embed", src, "--out", shards, "--engine", "ray", "--local", model_repo]
+    proc = run(*embed, "--model", "resnet18", "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    proc = run(BIN / "python", EXAMPLE / "lancedb_index.py", shards, "--db", db)
+    originals = sorted(src.iterdir())
+    assert proc.returncode == 0 and f"indexed {len(originals)} images" in proc.stdout, proc.stderr
+
+    query = [BIN / "python", EXAMPLE / "lancedb_query.py", db]
+    proc = run(*query, *originals, *sorted(copies.iterdir()), "-k", "3", "--url", server.url, "--json")
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(proc.stdout)["results"]
+    for path in originals:
+        top = results[str(path)]
+        assert top[0]["path"] == path.name, (path.name, top)
+        assert top[0]["score"] == pytest.approx(1.0, abs=1e-4)
+    for path in copies.iterdir():
+        original = path.name.removesuffix(".copy.jpg")
+        assert original in [hit["path"] for hit in results[str(path)]], (original, results[str(path)])
+
+    proc = run(*query, originals[0], "--local", model_repo)  # in-process query: the same answer
+    assert proc.returncode == 0 and f"1. 1.0000  {originals[0].name}" in proc.stdout, proc.stderr
+
+    # A table whose vectors came from another fingerprint refuses the query, naming both.
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    stale = tmp_path / "stale.parquet"
+    table = pq.read_table(next(shards.glob("part-*.parquet")))
+    pq.write_table(
+        table.set_column(3, "fingerprint", pc.if_else(True, "0" * 16, table["fingerprint"])), stale
+    )
+    assert run(BIN / "python", EXAMPLE / "lancedb_index.py", stale, "--db", db).returncode == 0
+    proc = run(*query, originals[0], "--url", server.url)
+    assert proc.returncode == 3 and "0" * 16 in proc.stderr and "re-run simpool-embed" in proc.stderr

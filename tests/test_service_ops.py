@@ -50,10 +50,15 @@ def test_api_key(model_repo: Path, logs: Path, photos: dict[str, Path]) -> None:
         assert c.get("/healthz").status_code == 200
         assert c.get("/readyz").status_code == 200
         assert c.get("/docs").status_code == 200 and c.get("/openapi.json").status_code == 200
+        assert c.get("/", follow_redirects=True).status_code == 200  # the docs pages need no key
+        assert c.get("/docs/assets/swagger-ui.css").status_code == 200
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic k3y-for-tests"}):
             for r in (c.post("/embed", files=image, headers=headers), c.get("/models", headers=headers)):
                 assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
-                assert "API key" in r.json()["detail"]
+                what = "wrong" if headers.get("Authorization", "").startswith("Bearer") else "missing"
+                assert r.json()["detail"] == (
+                    f"{what} API key: send it as the header `Authorization: Bearer <key>`"
+                )
         assert c.get("/metrics").status_code == 401
         good = {"Authorization": "Bearer k3y-for-tests"}
         assert c.post("/embed", files=image, headers=good).status_code == 200
@@ -255,7 +260,7 @@ def test_sigterm_answers_accepted_requests_and_exits_0(
     assert "shutting down" in server.read_log()
 
 
-def test_sub_second_shutdown_grace_is_not_zero(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_sub_second_shutdown_grace_is_not_zero(monkeypatch: pytest.MonkeyPatch, model_repo: Path) -> None:
     """uvicorn cancels accepted requests at once on a grace of 0: 0.5 s must stay 0.5 s, not int() 0."""
     from simpool_serve.service import cli
 
@@ -272,7 +277,7 @@ def test_sub_second_shutdown_grace_is_not_zero(monkeypatch: pytest.MonkeyPatch, 
     monkeypatch.setattr(cli.uvicorn, "Config", config)
     monkeypatch.setattr(cli.logs, "configure", lambda level: None)
     with pytest.raises(Stop):
-        cli.main(["--model-dir", str(tmp_path)])
+        cli.main(["--model-dir", str(model_repo), "--host", "127.0.0.1", "--port", "0"])
     assert seen["timeout_graceful_shutdown"] == 0.5
 
 
@@ -296,6 +301,6 @@ def test_unservable_repositories_exit_non_zero(model_repo: Path, tmp_path: Path)
     corrupt = serve_exit(broken)
     assert corrupt.returncode == 3 and "loading the models failed" in corrupt.stderr
     bad_setting = serve_exit(model_repo, {"SIMPOOL_MAX_BATCH_SIZE": "zero"})
-    assert bad_setting.returncode == 2 and "max_batch_size" in bad_setting.stderr
+    assert bad_setting.returncode == 2 and "SIMPOOL_MAX_BATCH_SIZE" in bad_setting.stderr
     no_default = serve_exit(model_repo, {"SIMPOOL_DEFAULT_MODEL": "ghost"})
     assert no_default.returncode == 3 and "ghost" in no_default.stderr

@@ -10,8 +10,19 @@ fi
 src=$1 work=$2
 shift 2
 here=$(cd "$(dirname "$0")" && pwd)
-# The venv that has simpool-embed also has the python that runs build_index.py.
-bin=${SIMPOOL_BIN:-$(dirname "$(command -v simpool-embed)")}
+# The venv that has simpool-embed also has the python that runs build_index.py: $SIMPOOL_BIN, else the
+# one on PATH (an activated venv), else the repository's .venv (what `make install` creates).
+if [ -n "${SIMPOOL_BIN:-}" ]; then
+    bin=$SIMPOOL_BIN
+elif command -v simpool-embed >/dev/null; then
+    bin=$(dirname "$(command -v simpool-embed)")
+else
+    bin=$here/../../.venv/bin
+fi
+if [ ! -x "$bin/simpool-embed" ]; then
+    echo "$0: no simpool-embed in $bin: run \`make install\` first, or set SIMPOOL_BIN to the venv's bin" >&2
+    exit 2
+fi
 mkdir -p "$work"
 status=0
 "$bin/simpool-embed" "$src" --out "$work/embeddings.parquet" "$@" || status=$?

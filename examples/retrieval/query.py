@@ -10,46 +10,42 @@ would compare vectors from different spaces, so the script refuses (exit 3).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from pathlib import Path
 
 import faiss
 import numpy as np
-
-from simpool_serve.client import SimPoolClient
-from simpool_serve.client.backends import LocalBackend, default_url
+from queries import add_arguments, embed_queries
 
 
-def embed_queries(images: list[Path], args: argparse.Namespace, model: str) -> tuple[np.ndarray, str]:
-    """L2-normalised query vectors [Q, D] and the fingerprint of the model that made them."""
-    if args.local is not None:
-        backend = LocalBackend(args.local, model=model)
-        outcomes = asyncio.run(backend.embed([p.read_bytes() for p in images]))
-        bad = [f"{p}: {o.error}" for p, o in zip(images, outcomes, strict=True) if o.error]
-        if bad:
-            raise SystemExit("cannot embed " + "; ".join(bad))
-        return np.stack([o.embedding for o in outcomes]), backend.fingerprint
-    with SimPoolClient(args.url or default_url(), api_key=args.api_key) as client:
-        result = client.embed(images, model=model)
-    return result.embeddings, result.fingerprint
+def find_index(path: Path) -> Path | None:
+    """The index folder itself, or the work folder index_folder.sh wrote it into (`WORK_DIR/index`)."""
+    for folder in (path, path / "index"):
+        if (folder / "index.json").is_file() and (folder / "index.faiss").is_file():
+            return folder
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("index", type=Path, help="folder written by build_index.py")
+    p.add_argument("index", type=Path, help="build_index.py's folder (or index_folder.sh's WORK_DIR)")
     p.add_argument("images", type=Path, nargs="+")
     p.add_argument("-k", type=int, default=5, help="results per query (default 5)")
-    where = p.add_mutually_exclusive_group()
-    where.add_argument("--url", help="simpool-serve (default: $SIMPOOL_URL or http://127.0.0.1:8000)")
-    where.add_argument("--local", type=Path, metavar="MODEL_DIR", help="embed in-process")
-    p.add_argument("--api-key", default=None)
+    add_arguments(p)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = p.parse_args(argv)
 
-    meta = json.loads((args.index / "index.json").read_text())
-    index = faiss.read_index(str(args.index / "index.faiss"))
+    folder = find_index(args.index)
+    if folder is None:
+        print(
+            f"{p.prog}: error: no index in {args.index} (expected index.json + index.faiss, which "
+            "build_index.py writes; index_folder.sh puts them in WORK_DIR/index)",
+            file=sys.stderr,
+        )
+        return 2
+    meta = json.loads((folder / "index.json").read_text())
+    index = faiss.read_index(str(folder / "index.faiss"))
     queries, fingerprint = embed_queries(args.images, args, meta["model"])
     if fingerprint != meta["fingerprint"]:
         print(

@@ -18,7 +18,7 @@ from simpool_serve.service.engine.preprocess import (
     Geometry,
     ImageError,
     ImageTooLarge,
-    decode_image,
+    decode,
     geometry,
     load_original,
     prepare,
@@ -42,6 +42,8 @@ def payload_bytes(payload: Payload, max_bytes: int) -> bytes:
         header, comma, text = text.partition(",")
         if not comma or not header.lower().endswith(";base64"):
             raise ImageError("data URI is not base64 (expected data:image/...;base64,...)")
+    elif text.lstrip()[:8].lower().startswith(("http://", "https://", "file://")):  # ':' is never base64
+        raise ImageError("URLs are not fetched; send the image bytes (base64, a data URI or a file part)")
     text = text.translate(_WHITESPACE)  # line-wrapped base64 (MIME, `base64` tool) is accepted
     if len(text) // 4 * 3 > max_bytes + 3:  # refused before decoding; exact below
         raise ImageTooLarge(f"image of about {len(text) // 4 * 3} bytes is over the limit of {max_bytes}")
@@ -63,12 +65,13 @@ class Decoder:
     jpeg_draft: bool
     metrics: Metrics
 
-    def pixels(self, payload: Payload, manifest: Manifest, model: str) -> np.ndarray:
+    def pixels(self, payload: Payload, manifest: Manifest, model: str) -> tuple[np.ndarray, Geometry]:
+        """The model's pixels, and where their crop lies on the upright original (for boxes)."""
         start = time.perf_counter()
         data = payload_bytes(payload, self.max_image_bytes)
-        pixels = decode_image(data, manifest, self.max_image_pixels, draft=self.jpeg_draft)
+        out = decode(data, manifest, self.max_image_pixels, draft=self.jpeg_draft)
         self.metrics.stage_duration.labels(model, "decode").observe(time.perf_counter() - start)
-        return pixels
+        return out
 
     def with_original(
         self, payload: Payload, manifest: Manifest, model: str

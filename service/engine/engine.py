@@ -26,7 +26,7 @@ from simpool_serve.service.engine.errors import EngineError, Kind, unavailable
 from simpool_serve.service.engine.models import LoadedModel, ModelFolder, default_model, discover, load_model
 from simpool_serve.service.engine.overlay import attention_png
 from simpool_serve.service.engine.plan import ThreadPlan
-from simpool_serve.service.engine.preprocess import ImageError, own_pixel_limit
+from simpool_serve.service.engine.preprocess import Geometry, ImageError, own_pixel_limit
 from simpool_serve.service.engine.runner import OnnxRunner, RunnerFactory
 from simpool_serve.service.metrics import Metrics
 from simpool_serve.service.settings import Settings
@@ -57,6 +57,7 @@ class Answer:
     model: LoadedModel
     outputs: list[Outputs | None]
     failures: list[ImageFailure]
+    geometries: list[Geometry | None] | None = None  # per image: its crop on the original (for boxes)
 
 
 class Engine:
@@ -143,7 +144,10 @@ class Engine:
             raise
         self._loaded = True
         self.metrics.ready.set(1)
-        log.info("ready", extra={"models": sorted(self._models), "default_model": self.default})
+        log.info(
+            "ready: every model is loaded and warmed up; serving requests",
+            extra={"models": sorted(self._models), "default_model": self.default},
+        )
 
     def not_ready_reason(self) -> str | None:
         """Why the engine cannot answer every model now, or None when it can."""
@@ -208,11 +212,14 @@ class Engine:
             rows: list[np.ndarray | None] = self._pixel_rows(model, pixels)
             self._admit(model, len(rows))
             failures: list[ImageFailure] = []
+            geometries: list[Geometry | None] | None = None
         else:
             assert images is not None
             n = len(images)
             self._admit(model, n)
-            rows, failures = await self._decode(model, n, self._decode_all(model, images), deadline)
+            rows, failures, geometries = await self._decode(
+                model, n, self._decode_all(model, images), deadline
+            )
             if failures and on_error == "fail":
                 model.batcher.release(n)
                 first = failures[0]
@@ -221,7 +228,7 @@ class Engine:
                 self.metrics.failures.labels(model.name, failure.reason).inc()
         results = await self._wait(model.batcher.submit(rows), model, deadline, disconnected)
         self.metrics.images.labels(model.name).inc(len(rows) - len(failures))
-        return Answer(model, results, failures)
+        return Answer(model, results, failures, geometries)
 
     async def attention_png(
         self,
@@ -323,17 +330,18 @@ class Engine:
 
     async def _decode_all(
         self, model: LoadedModel, images: Sequence[Payload]
-    ) -> tuple[list[np.ndarray | None], list[ImageFailure]]:
+    ) -> tuple[list[np.ndarray | None], list[ImageFailure], list[Geometry | None]]:
         loop = asyncio.get_running_loop()
         slots = asyncio.Semaphore(self._decodes_per_request)
         decoder, manifest, name = self._decoder, model.manifest, model.name
 
-        async def decode(payload: Payload) -> np.ndarray:
+        async def decode(payload: Payload) -> tuple[np.ndarray, Geometry]:
             async with slots:
                 return await loop.run_in_executor(self._pool, decoder.pixels, payload, manifest, name)
 
         results = await asyncio.gather(*(decode(p) for p in images), return_exceptions=True)
         rows: list[np.ndarray | None] = []
+        geometries: list[Geometry | None] = []
         failures: list[ImageFailure] = []
         for i, out in enumerate(results):
             if isinstance(out, BaseException):
@@ -342,9 +350,11 @@ class Engine:
                     out = ImageError("cannot decode image")
                 failures.append(ImageFailure(i, str(out), out.kind, out.reason))
                 rows.append(None)
+                geometries.append(None)
             else:
-                rows.append(out)
-        return rows, failures
+                rows.append(out[0])
+                geometries.append(out[1])
+        return rows, failures, geometries
 
     async def _wait(
         self, job: Job, model: LoadedModel, deadline: float, disconnected: Disconnected | None

@@ -17,6 +17,7 @@ import numpy as np
 
 from simpool_serve.service.engine.batcher import Batcher
 from simpool_serve.service.engine.plan import ThreadPlan
+from simpool_serve.service.engine.providers import ProviderOptions
 from simpool_serve.service.engine.runner import OnnxRunner, Runner, RunnerFactory
 from simpool_serve.service.engine.verify import open_verified
 from simpool_serve.service.metrics import Metrics
@@ -106,18 +107,22 @@ def _open_and_warm(
     folder: ModelFolder, settings: Settings, plan: ThreadPlan, factory: RunnerFactory
 ) -> tuple[Runner, Runner | None, int]:
     """In an inference thread: verify the graph, create the session(s), run each at every batch size."""
+    size = folder.manifest.input_size
+    options = ProviderOptions.from_settings(settings, size, plan.accelerator_batch_size)
     runner = open_verified(
         folder.path,
         folder.manifest,
         settings.providers,
         plan.intra_op_threads,
         settings.ort_spinning,
-        factory,
+        options=options,
+        factory=factory,
     )
-    size = folder.manifest.input_size
     lane_runner = None
     if plan.lanes > 1:  # the same graph and provider; only the thread count differs
-        lane_runner = factory(folder.path, [runner.provider], plan.lane_threads, settings.ort_spinning)
+        lane_runner = factory(
+            folder.path, [runner.provider], plan.lane_threads, settings.ort_spinning, options
+        )
     max_batch = plan.batch_size_for(runner.provider)
     for n in range(1, max_batch + 1):
         batch = np.zeros((n, size, size, 3), dtype=np.uint8)

@@ -234,11 +234,19 @@ def prepare(img: Image.Image, size: tuple[int, int], box: tuple, manifest: Manif
     return np.asarray(img.crop((left, top, left + s, top + s)), dtype=np.uint8)
 
 
-def decode_image(data: bytes, manifest: Manifest, max_pixels: int, draft: bool = True) -> np.ndarray:
-    """Encoded image bytes → uint8 [S, S, 3], RGB, resized and centre-cropped as the manifest says."""
+def decode(
+    data: bytes, manifest: Manifest, max_pixels: int, draft: bool = True
+) -> tuple[np.ndarray, Geometry]:
+    """Encoded image bytes → (uint8 [S, S, 3] RGB, resized and centre-cropped as the manifest says; where
+    that crop lies on the upright original, for mapping the attention back onto the photograph)."""
     draft_short = DRAFT_MARGIN * manifest.resize if draft else None
     img, size, box = load(data, max_pixels, draft_short)
     try:
-        return prepare(img, size, box, manifest)
+        return prepare(img, size, box, manifest), geometry(size[0], size[1], manifest)
     except Exception as exc:
         raise ImageError(f"cannot prepare image ({type(exc).__name__}: {exc})") from exc
+
+
+def decode_image(data: bytes, manifest: Manifest, max_pixels: int, draft: bool = True) -> np.ndarray:
+    """Encoded image bytes → uint8 [S, S, 3], RGB, resized and centre-cropped as the manifest says."""
+    return decode(data, manifest, max_pixels, draft)[0]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from simpool_serve.service.engine.providers import ProviderOptions
 from simpool_serve.service.engine.runner import OnnxRunner, ProviderError, Runner, RunnerFactory
 from simpool_serve.spec import ATTENTION, EMBEDDING, LOGITS, Manifest, sha256_file
 
@@ -67,13 +68,14 @@ def open_verified(
     providers: list[str] | None,
     threads: int,
     spinning: bool = True,
+    options: ProviderOptions | None = None,
     factory: RunnerFactory = OnnxRunner,
 ) -> Runner:
     """A session on `path`, once the file is the graph the manifest names and its input size and output
     shapes (one batch-1 run) are the ones the manifest describes."""
     check_graph_file(path, manifest)  # first: a wrong graph is refused before its session
     try:
-        runner = factory(path, providers, threads, spinning)
+        runner = factory(path, providers, threads, spinning, options)
     except ProviderError:
         raise
     except Exception as exc:  # onnxruntime's own errors (InvalidProtobuf, Fail, ...) share no base class

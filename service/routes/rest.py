@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
-from simpool_serve.service import encoding
+from simpool_serve.service import boxes, encoding
 from simpool_serve.service.engine import Answer, Engine, EngineError, Kind, LoadedModel
 from simpool_serve.service.metrics import Metrics
 from simpool_serve.service.observe import RequestRecord
@@ -117,7 +117,9 @@ def _embed_fields(answer: Answer, fields: EmbedFields) -> dict[str, Any]:
 
 
 def _attention_fields(answer: Answer, fields: AttentionFields) -> dict[str, Any]:
-    return {"grid": list(answer.model.manifest.grid), "attention": encoding.attention_maps(answer.outputs)}
+    maps = encoding.attention_maps(answer.outputs)
+    found = boxes.boxes(maps, answer.geometries or [None] * len(maps), fields.box_mass)
+    return {"grid": list(answer.model.manifest.grid), "attention": maps, "boxes": found}
 
 
 def _classify_fields(answer: Answer, fields: ClassifyFields) -> dict[str, Any]:

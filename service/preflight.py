@@ -1,0 +1,142 @@
+"""What `simpool-serve` checks before it serves: each mistake becomes one sentence naming what to change.
+
+Everything here runs before uvicorn starts and before any model loads, so a wrong folder, a broken
+manifest, an unknown default model, a missing provider or a busy port is reported in a second,
+not after a minute of loading (or as a traceback from inside the server's lifespan).
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from simpool_serve.service.engine.models import ModelFolder, default_model, discover
+from simpool_serve.service.engine.runner import ProviderError, choose_providers
+from simpool_serve.service.settings import Settings
+from simpool_serve.spec import Manifest, ManifestError
+
+# The listening socket's queue: as uvicorn's default, so a burst at start-up waits instead of failing.
+BACKLOG = 2048
+_ALL_INTERFACES = {"0.0.0.0", "::", ""}
+
+
+class ConfigError(Exception):
+    """A reason the server cannot start, phrased for the person who started it."""
+
+
+def settings_error(exc: ValidationError) -> str:
+    """A pydantic error on the settings as one line per field: the flag, its variable, what is wrong."""
+    parts = []
+    for err in exc.errors():
+        name = str(err["loc"][0]) if err.get("loc") else "settings"
+        flag = f"--{name.replace('_', '-')}" if name in {"model_dir", "host", "port", "default_model"} else ""
+        where = f"{flag} / SIMPOOL_{name.upper()}" if flag else f"SIMPOOL_{name.upper()}"
+        given = "" if name == "api_key" else f" (got {err.get('input')!r})"
+        parts.append(f"{where}: {err.get('msg', 'invalid')}{given}")
+    return "invalid setting: " + "; ".join(parts)
+
+
+def check_repository(model_dir: Path) -> dict[str, ModelFolder]:
+    """The models the server will load (manifests read, nothing loaded); ConfigError if it cannot serve."""
+    shown = str(model_dir)
+    if not model_dir.exists():
+        raise ConfigError(
+            f"--model-dir {shown} does not exist; point --model-dir (SIMPOOL_MODEL_DIR) at a folder "
+            "with one NAME/model.onnx + NAME/manifest.json per model (`make models` exports the defaults)"
+        )
+    if not model_dir.is_dir():
+        raise ConfigError(f"--model-dir {shown} is a file, not a folder of models")
+    if (model_dir / "manifest.json").is_file():
+        raise ConfigError(
+            f"--model-dir {shown} is a single model's folder; pass the repository that holds it: "
+            f"--model-dir {model_dir.resolve().parent}"
+        )
+    try:
+        models = discover(model_dir)
+    except ManifestError as exc:
+        message = " ".join(str(exc).split())
+        if message.startswith("no model folder"):
+            raise ConfigError(
+                f"{message}; export one there (simpool-export --out {shown}/NAME ...) "
+                "or point --model-dir at your model repository"
+            ) from exc
+        hint = "re-export that model (simpool-export) or move its folder away"
+        raise ConfigError(f"{message}; {hint}") from exc
+    return models
+
+
+def check_default_model(models: dict[str, ModelFolder], wanted: str | None) -> str:
+    try:
+        return default_model(models, wanted)
+    except ManifestError as exc:
+        raise ConfigError(
+            f"--default-model {wanted} is not in the repository; set --default-model "
+            f"(SIMPOOL_DEFAULT_MODEL) to one of: {', '.join(sorted(models))}"
+        ) from exc
+
+
+def check_providers(requested: list[str] | None) -> list[str]:
+    try:
+        return choose_providers(requested)
+    except ProviderError as exc:
+        raise ConfigError(
+            f"{exc}; set SIMPOOL_PROVIDERS to some of those, or unset it (CUDA when available, else CPU)"
+        ) from exc
+
+
+def listen(host: str, port: int, backlog: int = BACKLOG) -> socket.socket:
+    """The listening socket, bound and listening now (uvicorn serves on it once it starts).
+
+    Binding first makes a busy port a start-up error before any model loads; listening at once
+    means a client that connects during start-up waits in the queue instead of being refused.
+    """
+    # As uvicorn binds: IPv6 for an address with a colon, else IPv4 (so "localhost" is 127.0.0.1).
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(backlog)
+    except socket.gaierror as exc:
+        sock.close()
+        raise ConfigError(
+            f"--host {host} is not an address of this machine ({exc.strerror}); "
+            "use --host 127.0.0.1 (this machine only) or --host 0.0.0.0 (every interface)"
+        ) from exc
+    except OSError as exc:
+        sock.close()
+        where = f"{host}:{port}"
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(
+                f"cannot listen on {where}: the port is already in use (another simpool-serve?); "
+                "stop that process or choose another --port (SIMPOOL_PORT)"
+            ) from exc
+        if exc.errno == errno.EACCES:
+            raise ConfigError(
+                f"cannot listen on {where}: permission denied (ports below 1024 need privileges); "
+                "choose --port 8000 or another above 1023"
+            ) from exc
+        if exc.errno == errno.EADDRNOTAVAIL:
+            raise ConfigError(
+                f"cannot listen on {where}: {host} is not an address of this machine; "
+                "use --host 127.0.0.1 or --host 0.0.0.0"
+            ) from exc
+        raise ConfigError(f"cannot listen on {where}: {exc.strerror or exc}") from exc
+    return sock
+
+
+def untrained(models: dict[str, ModelFolder]) -> list[str]:
+    """Names of the models exported with random weights (their answers mean nothing)."""
+    return sorted(name for name, m in models.items() if _is_random(m.manifest))
+
+
+def _is_random(manifest: Manifest) -> bool:
+    return (manifest.weights or "").lower() == "random"
+
+
+def exposed(settings: Settings) -> bool:
+    """Listening on every interface with no API key: anyone who reaches the port may call the API."""
+    return settings.host in _ALL_INTERFACES and settings.api_key is None
