@@ -134,6 +134,8 @@ def _announce(settings: Settings, sock: socket.socket, models: list[str], untrai
 
 def _serve(settings: Settings, sock: socket.socket) -> int:
     """Runs uvicorn on the socket until a signal (0) or a model that fails to load (3)."""
+    # Here, after the start-up checks: a refused start says one line and nothing else.
+    log.info("open file limit", extra={"nofile": raise_open_file_limit()})
     fatal: list[str] = []
     server: _Server | None = None
 
@@ -173,7 +175,6 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as exc:
         return _fail(preflight.settings_error(exc), INVALID_SETTINGS, exc, debug)
     logs.configure(settings.log_level)
-    log.info("open file limit", extra={"nofile": raise_open_file_limit()})
     logging.getLogger("uvicorn.error").addFilter(_StartupLines())
     try:
         models = preflight.check_repository(settings.model_dir)
