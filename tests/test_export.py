@@ -46,7 +46,7 @@ def test_manifest_has_every_contract_field(model_repo: Path, name: str) -> None:
     assert not missing, missing  # every field written, even those that may be null
     # Strict: the JSON types are the manifest's own (no "512" for 512, no true for 1).
     Manifest.model_validate_json(text, strict=True)
-    nullable = {"gamma", "checkpoint_sha256", "labels"}
+    nullable = {"gamma", "checkpoint_sha256", "labels", "quantization"}  # quantization: INT8 only
     assert all(m[f] is not None for f in set(Manifest.model_fields) - nullable), m
     assert m["name"] == name
     assert m["weights"] == "random" and m["checkpoint_sha256"] is None and m["seed"] == 0
