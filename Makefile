@@ -16,7 +16,7 @@ HOST ?= 0.0.0.0
 PORT ?= 8000
 DEFAULT_MODELS := $(MODEL_REPOSITORY)/resnet50_simpool/manifest.json $(MODEL_REPOSITORY)/vit_small_simpool/manifest.json
 
-.PHONY: install serve test lint models bench clean
+.PHONY: install serve test lint models bench soak clean
 
 install: $(STAMP)
 
@@ -66,6 +66,11 @@ compose-test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
+
+# Mixed traffic on every door for SOAK_S seconds; RSS, descriptors, threads, latency and codes over time.
+SOAK_S ?= 600
+soak: $(STAMP) $(DEFAULT_MODELS)
+	$(BIN)/python bench/soak.py --model-dir $(MODEL_REPOSITORY) --duration $(SOAK_S) --out bench/soak-out
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

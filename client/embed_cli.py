@@ -274,6 +274,9 @@ def main(argv: list[str] | None = None) -> int:
     stopped: list[int] = []
     try:
         return asyncio.run(_run(args, state, stopped))
+    except store.OutputError as exc:  # saving again would fail the same way
+        print(f"{PROG}: error: {exc.strerror}", file=sys.stderr)
+        return 2
     except FatalError as exc:
         if state:
             state[0].save()

@@ -102,6 +102,10 @@ def combine(kept: pa.Table, new_rows: list[Row]) -> pa.Table:
     return table.sort_by("path")
 
 
+class OutputError(OSError):
+    """The output could not be written (disk full, no permission); the previous file is untouched."""
+
+
 def _mode_for(path: Path) -> int:
     """The replaced file's permissions, or for a new file what the umask leaves of 0666 (as `open` does)."""
     try:
@@ -125,9 +129,12 @@ def write_atomic(table: pa.Table, path: Path, metadata: dict[str, str] | None = 
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and not isinstance(exc, OutputError):
+            kept = f"the previous {path} is unchanged" if path.exists() else f"{path} was not written"
+            raise OutputError(exc.errno, f"cannot write {path}: {exc.strerror or exc}; {kept}") from exc
         raise
 
 

@@ -14,6 +14,7 @@ from fastapi import FastAPI
 
 from simpool_serve.service import docs_pages
 from simpool_serve.service.engine import Engine
+from simpool_serve.service.engine.runner import OnnxRunner, RunnerFactory
 from simpool_serve.service.handlers import install_error_handlers
 from simpool_serve.service.metrics import Metrics
 from simpool_serve.service.observe import RequestObserver
@@ -26,11 +27,16 @@ from simpool_serve.service.ui import ui_router
 log = logging.getLogger("simpool_serve.app")
 
 
-def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None) -> FastAPI:
+def create_app(
+    settings: Settings,
+    on_fatal: Callable[[str], None] | None = None,
+    runner_factory: RunnerFactory = OnnxRunner,
+) -> FastAPI:
     """Builds the app; models load in the background after start-up (`/readyz` says when they are ready).
 
     `on_fatal` is called if loading fails (the CLI stops the server with exit code 3); without it the
-    app stays up, not ready, with the reason in `/readyz`.
+    app stays up, not ready, with the reason in `/readyz`. `runner_factory` opens each graph (a caller
+    may wrap the real session, e.g. to inject faults).
     """
     metrics = Metrics(settings.max_batch_size or 32)
 
@@ -49,7 +55,7 @@ def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = Engine.from_settings(settings, metrics)
+        engine = Engine.from_settings(settings, metrics, runner_factory)
         app.state.engine = engine
         loader = asyncio.create_task(load(engine), name="load-models")
         try:

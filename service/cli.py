@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import logging
 import os
+import resource
 import signal
 import socket
 import sys
@@ -55,6 +56,19 @@ class _Server(uvicorn.Server):
         if self.should_exit and sig == signal.SIGINT:
             self.force_exit = True
         self.should_exit = True
+
+
+def raise_open_file_limit() -> int:
+    """Lifts this process's soft limit on open files to its hard limit, and returns it.
+
+    Every connection is a file descriptor; the usual soft limit (1024) would make the server stop
+    accepting at about a thousand idle keep-alive clients while the hard limit allows far more.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        soft = hard
+    return soft
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -120,6 +134,8 @@ def _announce(settings: Settings, sock: socket.socket, models: list[str], untrai
 
 def _serve(settings: Settings, sock: socket.socket) -> int:
     """Runs uvicorn on the socket until a signal (0) or a model that fails to load (3)."""
+    # Here, after the start-up checks: a refused start says one line and nothing else.
+    log.info("open file limit", extra={"nofile": raise_open_file_limit()})
     fatal: list[str] = []
     server: _Server | None = None
 
@@ -139,6 +155,8 @@ def _serve(settings: Settings, sock: socket.socket) -> int:
         timeout_graceful_shutdown=settings.shutdown_grace_s,  # type: ignore[arg-type]
         server_header=False,
         lifespan="on",
+        timeout_keep_alive=settings.keep_alive_timeout_s,  # type: ignore[arg-type]
+        limit_concurrency=settings.max_connections or None,
     )
     server = _Server(config)
     server.run(sockets=[sock])
@@ -162,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         models = preflight.check_repository(settings.model_dir)
         preflight.check_default_model(models, settings.default_model)
         preflight.check_providers(settings.providers)
-        sock = preflight.listen(settings.host, settings.port)
+        sock = preflight.listen(settings.host, settings.port, settings.backlog)
     except preflight.ConfigError as exc:
         return _fail(str(exc), STARTUP_FAILURE, exc, debug)
     _announce(settings, sock, sorted(models), preflight.untrained(models))

@@ -87,7 +87,7 @@ def check_providers(requested: list[str] | None) -> list[str]:
         ) from exc
 
 
-def listen(host: str, port: int) -> socket.socket:
+def listen(host: str, port: int, backlog: int = BACKLOG) -> socket.socket:
     """The listening socket, bound and listening now (uvicorn serves on it once it starts).
 
     Binding first makes a busy port a start-up error before any model loads; listening at once
@@ -99,7 +99,7 @@ def listen(host: str, port: int) -> socket.socket:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
-        sock.listen(BACKLOG)
+        sock.listen(backlog)
     except socket.gaierror as exc:
         sock.close()
         raise ConfigError(

@@ -47,6 +47,12 @@ class Settings(BaseSettings):
     )
     max_queue: int = Field(256, ge=1, description="Most images waiting per model; beyond it, 503.")
     request_timeout_s: float = Field(30.0, gt=0, description="Per-request deadline; beyond it, 504.")
+    unready_after_failed_batches: int = Field(
+        3,
+        ge=0,
+        description="Consecutive failed batches of one model after which /readyz answers 503 (a success "
+        "makes it ready again); 0 = never.",
+    )
 
     # Limits checked before any pixel is decoded.
     max_images_per_request: int = Field(spec.MAX_IMAGES_PER_REQUEST, ge=1)
@@ -105,6 +111,19 @@ class Settings(BaseSettings):
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     shutdown_grace_s: float = Field(60.0, gt=0, description="Longest a SIGTERM waits for accepted requests.")
+
+    # Connections (uvicorn's): idle ones cost a file descriptor and little else, so they are bounded by
+    # time rather than count; a slowly sent body is bounded by `request_timeout_s`.
+    keep_alive_timeout_s: float = Field(
+        5.0, gt=0, description="An idle keep-alive connection is closed after this many seconds."
+    )
+    max_connections: int = Field(
+        0,
+        ge=0,
+        description="Open connections (idle ones included) beyond which requests get 503; 0 = no limit "
+        "(the file-descriptor limit, which the server raises to its hard maximum at start).",
+    )
+    backlog: int = Field(2048, ge=1, description="Connections the kernel queues before they are accepted.")
 
     @field_validator("providers", mode="before")
     @classmethod

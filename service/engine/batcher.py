@@ -88,6 +88,10 @@ class Batcher:
         self._solo = False  # the one running batch has every thread
         self._run_now = False  # the queue's head arrived at an idle model
         self._closing = False
+        # Batches that failed in a row (reset by a success) and the last one's error: the engine's
+        # readiness turns 503 past a threshold, so a balancer stops sending to a model that keeps failing.
+        self.failed_in_a_row = 0
+        self.last_failure: str | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._depth = metrics.queue_depth.labels(model)
@@ -233,14 +237,22 @@ class Batcher:
             outputs, seconds = await loop.run_in_executor(
                 self._executor, self._infer, run, [i.pixels for i in items]
             )
-        except Exception:
+        except Exception as exc:
             log.exception("batch of %d images on model %s failed", len(items), self.model)
-            error = EngineError(Kind.INTERNAL, INFERENCE_FAILED, "inference_error")
+            self.failed_in_a_row += 1
+            self.last_failure = _summary(exc)
+            error = EngineError(
+                Kind.INTERNAL,
+                f"inference failed on model {self.model!r} ({self.last_failure}); the full error is in the "
+                "server log",
+                "inference_error",
+            )
             for item in items:
                 if not item.job.future.done():
                     item.job.future.set_exception(error)
                     self.cancel(item.job)  # its other images need not run
             return
+        self.failed_in_a_row = 0
         self._inference.observe(seconds)
         self._stage_inference.observe(seconds)
         for pos, item in enumerate(items):
@@ -259,3 +271,10 @@ class Batcher:
         start = time.perf_counter()
         outputs = run(batch)
         return outputs, time.perf_counter() - start
+
+
+def _summary(exc: BaseException, limit: int = 200) -> str:
+    """An error in one line (its type and first line, at most `limit` characters), fit for a client."""
+    lines = str(exc).strip().splitlines()
+    text = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."

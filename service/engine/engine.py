@@ -27,6 +27,7 @@ from simpool_serve.service.engine.models import LoadedModel, ModelFolder, defaul
 from simpool_serve.service.engine.overlay import attention_png
 from simpool_serve.service.engine.plan import ThreadPlan
 from simpool_serve.service.engine.preprocess import Geometry, ImageError, own_pixel_limit
+from simpool_serve.service.engine.runner import OnnxRunner, RunnerFactory
 from simpool_serve.service.metrics import Metrics
 from simpool_serve.service.settings import Settings
 from simpool_serve.spec import ATTENTION, LOGITS
@@ -63,9 +64,15 @@ class Engine:
     """Owns the models, the thread pools and the batchers; the app's lifespan (or a CLI) owns it."""
 
     def __init__(
-        self, settings: Settings, metrics: Metrics, folders: Mapping[str, ModelFolder], default: str
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        folders: Mapping[str, ModelFolder],
+        default: str,
+        runner_factory: RunnerFactory = OnnxRunner,
     ) -> None:
         self.settings = settings
+        self._runner_factory = runner_factory
         self.metrics = metrics
         self.folders: Mapping[str, ModelFolder] = MappingProxyType(dict(folders))
         self.default = default
@@ -102,10 +109,12 @@ class Engine:
         )
 
     @classmethod
-    def from_settings(cls, settings: Settings, metrics: Metrics) -> Engine:
+    def from_settings(
+        cls, settings: Settings, metrics: Metrics, runner_factory: RunnerFactory = OnnxRunner
+    ) -> Engine:
         """The engine of `settings.model_dir`; raises `ManifestError` for a broken repository."""
         folders = discover(settings.model_dir)
-        return cls(settings, metrics, folders, default_model(folders, settings.default_model))
+        return cls(settings, metrics, folders, default_model(folders, settings.default_model), runner_factory)
 
     # -- models and readiness --------------------------------------------------------------------
 
@@ -126,7 +135,9 @@ class Engine:
                 else:
                     executor = ThreadPoolExecutor(self.plan.lanes, thread_name_prefix=f"infer-{folder.name}")
                     self._model_pools.append(executor)
-                model = await load_model(folder, self.settings, self.plan, self.metrics, executor)
+                model = await load_model(
+                    folder, self.settings, self.plan, self.metrics, executor, self._runner_factory
+                )
                 self._models[folder.name] = model
         except Exception as exc:
             self.load_error = f"{type(exc).__name__}: {exc}"
@@ -145,7 +156,17 @@ class Engine:
         if not self._loaded:
             return "models are loading"
         dead = [m.name for m in self._models.values() if not m.batcher.alive]
-        return f"models not serving: {dead}" if dead else None
+        if dead:
+            return f"models not serving: {dead}"
+        limit = self.settings.unready_after_failed_batches
+        failing = [m.batcher for m in self._models.values() if limit and m.batcher.failed_in_a_row >= limit]
+        if failing:
+            return "; ".join(
+                f"model {b.model!r} is failing: its last {b.failed_in_a_row} batches failed "
+                f"({b.last_failure})"
+                for b in failing
+            )
+        return None
 
     def model(self, name: str | None) -> LoadedModel:
         """The model named (None: the default); 404 when the repository has none, 503 while it loads."""

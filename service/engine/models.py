@@ -18,7 +18,7 @@ import numpy as np
 from simpool_serve.service.engine.batcher import Batcher
 from simpool_serve.service.engine.plan import ThreadPlan
 from simpool_serve.service.engine.providers import ProviderOptions
-from simpool_serve.service.engine.runner import OnnxRunner
+from simpool_serve.service.engine.runner import OnnxRunner, Runner, RunnerFactory
 from simpool_serve.service.engine.verify import open_verified
 from simpool_serve.service.metrics import Metrics
 from simpool_serve.service.settings import Settings
@@ -72,8 +72,8 @@ class LoadedModel:
     """
 
     folder: ModelFolder
-    runner: OnnxRunner
-    lane_runner: OnnxRunner | None
+    runner: Runner
+    lane_runner: Runner | None
     batcher: Batcher
     executor: Executor = field(repr=False)
 
@@ -104,8 +104,8 @@ class LoadedModel:
 
 
 def _open_and_warm(
-    folder: ModelFolder, settings: Settings, plan: ThreadPlan
-) -> tuple[OnnxRunner, OnnxRunner | None, int]:
+    folder: ModelFolder, settings: Settings, plan: ThreadPlan, factory: RunnerFactory
+) -> tuple[Runner, Runner | None, int]:
     """In an inference thread: verify the graph, create the session(s), run each at every batch size."""
     size = folder.manifest.input_size
     options = ProviderOptions.from_settings(settings, size, plan.accelerator_batch_size)
@@ -116,11 +116,12 @@ def _open_and_warm(
         plan.intra_op_threads,
         settings.ort_spinning,
         options=options,
+        factory=factory,
     )
     lane_runner = None
     if plan.lanes > 1:  # the same graph and provider; only the thread count differs
-        lane_runner = OnnxRunner(
-            folder.path, [runner.provider], plan.lane_threads, spinning=settings.ort_spinning, options=options
+        lane_runner = factory(
+            folder.path, [runner.provider], plan.lane_threads, settings.ort_spinning, options
         )
     max_batch = plan.batch_size_for(runner.provider)
     for n in range(1, max_batch + 1):
@@ -132,13 +133,18 @@ def _open_and_warm(
 
 
 async def load_model(
-    folder: ModelFolder, settings: Settings, plan: ThreadPlan, metrics: Metrics, executor: Executor
+    folder: ModelFolder,
+    settings: Settings,
+    plan: ThreadPlan,
+    metrics: Metrics,
+    executor: Executor,
+    factory: RunnerFactory = OnnxRunner,
 ) -> LoadedModel:
     """Opens, verifies and warms `folder` in `executor`, then starts its batcher on this event loop."""
     loop = asyncio.get_running_loop()
     started = loop.time()
     runner, lane_runner, max_batch = await loop.run_in_executor(
-        executor, _open_and_warm, folder, settings, plan
+        executor, _open_and_warm, folder, settings, plan, factory
     )
     batcher = Batcher(
         folder.name,

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import onnxruntime as ort
@@ -15,6 +17,21 @@ log = logging.getLogger("simpool_serve.runner")
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
+
+
+class Runner(Protocol):
+    """What the engine needs of a graph: run a uint8 batch, and say its provider, input size and outputs."""
+
+    provider: str
+    input_size: int | None
+    output_names: list[str]
+
+    def run(self, images: np.ndarray) -> dict[str, np.ndarray]: ...
+
+
+# (model.onnx, providers, intra-op threads, spinning, provider options) -> a runner; `OnnxRunner`
+# itself in production. Taken as a parameter so a caller can wrap the real session (tests inject faults).
+RunnerFactory = Callable[[Path, list[str] | None, int, bool, ProviderOptions | None], Runner]
 
 
 class ProviderError(RuntimeError):

@@ -11,12 +11,16 @@ from pathlib import Path
 import numpy as np
 
 from simpool_serve.service.engine.providers import ProviderOptions
-from simpool_serve.service.engine.runner import OnnxRunner
+from simpool_serve.service.engine.runner import OnnxRunner, ProviderError, Runner, RunnerFactory
 from simpool_serve.spec import ATTENTION, EMBEDDING, LOGITS, Manifest, sha256_file
 
 
 class ModelMismatchError(ValueError):
     """A model.onnx that is not the graph its manifest.json describes."""
+
+
+class GraphLoadError(ValueError):
+    """A model.onnx that onnxruntime cannot open (truncated, corrupt, not ONNX)."""
 
 
 def check_graph_file(path: Path, manifest: Manifest) -> None:
@@ -65,11 +69,21 @@ def open_verified(
     threads: int,
     spinning: bool = True,
     options: ProviderOptions | None = None,
-) -> OnnxRunner:
+    factory: RunnerFactory = OnnxRunner,
+) -> Runner:
     """A session on `path`, once the file is the graph the manifest names and its input size and output
     shapes (one batch-1 run) are the ones the manifest describes."""
     check_graph_file(path, manifest)  # first: a wrong graph is refused before its session
-    runner = OnnxRunner(path, providers, threads, spinning=spinning, options=options)
+    try:
+        runner = factory(path, providers, threads, spinning, options)
+    except ProviderError:
+        raise
+    except Exception as exc:  # onnxruntime's own errors (InvalidProtobuf, Fail, ...) share no base class
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise GraphLoadError(
+            f"{path.parent}: onnxruntime cannot load model.onnx ({first}); the file is truncated or not "
+            "an ONNX graph: re-export the model"
+        ) from exc
     size = manifest.input_size
     if runner.input_size is not None and runner.input_size != size:
         raise ValueError(f"{path}: graph takes {runner.input_size}px images, manifest says {size}")
