@@ -21,14 +21,13 @@ import struct
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-from conftest import free_port, start_server
+from conftest import free_port, start_server, wait_ready
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -135,14 +134,13 @@ http {{
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            assert proc.poll() is None, f"nginx exited:\n{(tmp / 'error.log').read_text()}"
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/lb-healthz", timeout=2).status_code == 200:
-                    break
-            assert time.monotonic() < deadline, "nginx did not start"
-            time.sleep(0.1)
+        wait_ready(
+            f"{url}/lb-healthz",
+            20,
+            died=lambda: None if proc.poll() is None else f"nginx exited:\n{(tmp / 'error.log').read_text()}",
+            late=lambda: "nginx did not start",
+            interval=0.1,
+        )
         yield url
     finally:
         proc.terminate()
