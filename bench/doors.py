@@ -22,7 +22,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from run import bench_image, hey, serve
+from launch import serve
+from run import bench_image, hey
 
 from simpool_serve.service.oip.codec import serialize_bytes
 
@@ -110,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     env = {"SIMPOOL_PROVIDERS": args.provider, "SIMPOOL_MAX_QUEUE": "1024"}
     loaded: dict[str, list[dict]] = {d.name: [] for d in table}
     lone: dict[str, dict] = {}
-    with serve(args.model_dir, env, tmp / "serve.log") as url:
+    with serve(args.model_dir, env, tmp / "serve.log") as server:
+        url = server.url
 
         def run(door: Door, clients: int, seconds: float, qps: float | None = None) -> dict:
             return hey(

@@ -20,34 +20,28 @@ from __future__ import annotations
 
 import argparse
 import base64
-import contextlib
 import csv
 import io
 import json
 import os
 import platform
 import shutil
-import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from launch import serve
 from PIL import Image
 
 from simpool_serve.service.engine import ThreadPlan
 from simpool_serve.service.engine.runner import OnnxRunner
 from simpool_serve.service.settings import Settings
 from simpool_serve.spec import load_manifest
-
-BIN = Path(sys.executable).parent
 
 
 def bench_image(width: int = 500, height: int = 375) -> bytes:
@@ -106,48 +100,6 @@ def offline_lanes(
     for w in workers:
         w.join()
     return sum(counts) / (time.perf_counter() - start)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextlib.contextmanager
-def serve(model_dir: Path, env: dict[str, str], log: Path) -> Iterator[str]:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    with log.open("wb") as fh:
-        proc = subprocess.Popen(
-            [
-                str(BIN / "simpool-serve"),
-                "--model-dir",
-                str(model_dir),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ],
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **env},
-        )
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            if proc.poll() is not None:
-                raise SystemExit(f"simpool-serve exited:\n{log.read_text()}")
-            with contextlib.suppress(OSError):
-                if urllib.request.urlopen(f"{url}/readyz", timeout=2).status == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise SystemExit(f"simpool-serve not ready:\n{log.read_text()}")
-            time.sleep(0.3)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
 
 
 def hey(
@@ -268,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
         return bar
 
     rows = []
-    with serve(args.model_dir, env, tmp / "serve.log") as url:
+    with serve(args.model_dir, env, tmp / "serve.log") as server:
+        url = server.url
         hey(f"{url}/embed", body, 4, 3.0)  # warm the HTTP path and JIT-free caches
         for c in [int(c) for c in args.concurrency.split(",")]:
             bar = offline_now()

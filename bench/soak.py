@@ -18,28 +18,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import contextlib
 import io
 import json
 import os
 import platform
 import random
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import numpy as np
+from launch import serve
 from PIL import Image
 
-BIN = Path(sys.executable).parent
 WARM_UP = 0.1  # the first tenth of the run is warm-up: neither half of the goals
 
 
@@ -281,36 +276,6 @@ def plot(result: dict, samples: list[Sample], path: Path) -> None:
     fig.savefig(path, dpi=90)
 
 
-@contextlib.contextmanager
-def start_server(model_dir: Path, log: Path) -> Iterator[tuple[str, int]]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "SIMPOOL_PROVIDERS": os.environ.get("SIMPOOL_PROVIDERS", "CPUExecutionProvider")}
-    cmd = [str(BIN / "simpool-serve"), "--model-dir", str(model_dir), "--port", str(port)]
-    with log.open("wb") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            if proc.poll() is not None:
-                raise SystemExit(f"simpool-serve exited:\n{log.read_text()}")
-            with contextlib.suppress(OSError):
-                if urllib.request.urlopen(f"{url}/readyz", timeout=2).status == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise SystemExit(f"simpool-serve not ready:\n{log.read_text()}")
-            time.sleep(0.3)
-        yield url, proc.pid
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
 def pick_model(url: str, wanted: str | None) -> tuple[str, bool]:
     models = httpx.get(f"{url}/models", timeout=30).json()["models"]
     chosen = next(m for m in models if (m["name"] == wanted if wanted else m["default"]))
@@ -370,14 +335,12 @@ def main(argv: list[str] | None = None) -> int:
             p.error("--url needs --pid (the server's process, read from /proc)")
         result = soak(args.url, args.pid, args)
     else:
+        env = {"SIMPOOL_PROVIDERS": os.environ.get("SIMPOOL_PROVIDERS", "CPUExecutionProvider")}
         with (
             tempfile.TemporaryDirectory() as tmp,
-            start_server(args.model_dir, Path(tmp) / "serve.log") as (
-                url,
-                pid,
-            ),
+            serve(args.model_dir, env, Path(tmp) / "serve.log") as server,
         ):
-            result = soak(url, pid, args)
+            result = soak(server.url, server.pid, args)
     g = result["goals"]
     return 0 if g["rss_flat"] and g["fds_flat"] and g["p99_stable"] and g["all_expected"] else 1
 

@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
-from tqdm import tqdm
 
 from simpool_serve.client import store
 from simpool_serve.client.backends import Backend, FatalError, HttpBackend, LocalBackend, default_url
+from simpool_serve.client.progress import progress_bar
 from simpool_serve.client.ray_args import add_ray_arguments, check_ray_arguments, reject_ray_only
 from simpool_serve.client.retry import DEFAULT_CONNECT_TIMEOUT
 from simpool_serve.client.walk import find_images, sha256_bytes
@@ -186,15 +186,7 @@ async def _run(args: argparse.Namespace, state: list[Run], stopped: list[int]) -
         todo = [p for p in paths if p not in kept_paths]
         run = Run(args.out, kept, backend.model, backend.fingerprint)
         state.append(run)
-        bar = tqdm(
-            total=len(todo),
-            unit="img",
-            desc=f"{PROG} {backend.model}",
-            disable=args.no_progress,
-            dynamic_ncols=True,
-            smoothing=0.1,
-            file=sys.stderr,
-        )
+        bar = progress_bar(len(todo), f"{PROG} {backend.model}", args.no_progress)
 
         def on_rows(rows: list[store.Row]) -> None:
             run.new_rows.extend(rows)

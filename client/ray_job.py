@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from tqdm import tqdm
 
 from simpool_serve.client import store
 from simpool_serve.client.backends import FatalError, LocalBackend
+from simpool_serve.client.progress import progress_bar
 from simpool_serve.client.ray_source import Source, open_source
 
 PROG = "simpool-embed"
@@ -265,15 +265,7 @@ def _run_on_ray(
     ctx.enable_progress_bars = False  # ours says files done, images/s and ETA
     ctx.print_on_execution_start = False
     writer = ShardWriter(args.out, model, fingerprint, args.shard_rows, args.checkpoint_every)
-    bar = tqdm(
-        total=len(paths),
-        unit="img",
-        desc=f"{PROG} ray {model} x{plan.workers}",
-        disable=args.no_progress,
-        dynamic_ncols=True,
-        smoothing=0.1,
-        file=sys.stderr,
-    )
+    bar = progress_bar(len(paths), f"{PROG} ray {model} x{plan.workers}", args.no_progress)
     unchanged = 0
     if paths:
         listing = pa.table({"path": pa.array(paths, pa.string())})

@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,6 +90,27 @@ class Server:
         return self.log.read_text(errors="replace")
 
 
+def wait_ready(
+    url: str,
+    timeout: float,
+    died: Callable[[], str | None],
+    late: Callable[[], str],
+    interval: float = 0.2,
+) -> None:
+    """Polls `url` until it answers 200: every server a test starts (process, thread, nginx) waits here.
+    Fails with `died()`'s message as soon as it returns one (the server stopped), `late()`'s at timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if (why := died()) is not None:
+            raise AssertionError(why)
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        if time.monotonic() > deadline:
+            raise AssertionError(late())
+        time.sleep(interval)
+
+
 @contextlib.contextmanager
 def running_process(
     cmd: list[str],
@@ -109,16 +130,12 @@ def running_process(
     with log.open("wb") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=cwd)
     try:
-        deadline = time.monotonic() + ready_timeout
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(f"{name} exited ({proc.returncode}):\n{output()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(ready_url, timeout=2).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{name} not ready in {ready_timeout}s:\n{output()}")
-            time.sleep(0.2)
+        wait_ready(
+            ready_url,
+            ready_timeout,
+            died=lambda: None if proc.poll() is None else f"{name} exited ({proc.returncode}):\n{output()}",
+            late=lambda: f"{name} not ready in {ready_timeout}s:\n{output()}",
+        )
         yield proc
     finally:
         if proc.poll() is None:

@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import time
 from collections.abc import Iterator
 
-import httpx
 import uvicorn
-from conftest import free_port
+from conftest import free_port, wait_ready
 from fastapi import FastAPI
 
 
@@ -29,16 +27,13 @@ def serve_in_thread(app: FastAPI, ready_timeout: float = 120) -> Iterator[str]:
     thread.start()
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + ready_timeout
-        while True:
-            if not thread.is_alive():
-                raise AssertionError("the in-process server stopped during start-up")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise AssertionError(f"in-process server not ready in {ready_timeout} s")
-            time.sleep(0.1)
+        wait_ready(
+            f"{url}/readyz",
+            ready_timeout,
+            died=lambda: None if thread.is_alive() else "the in-process server stopped during start-up",
+            late=lambda: f"in-process server not ready in {ready_timeout} s",
+            interval=0.1,
+        )
         yield url
     finally:
         server.should_exit = True

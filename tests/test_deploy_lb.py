@@ -21,14 +21,14 @@ import struct
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import httpx
 import numpy as np
 import pytest
-from conftest import free_port, start_server
+from conftest import free_port, start_server, wait_ready
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -135,14 +135,13 @@ http {{
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            assert proc.poll() is None, f"nginx exited:\n{(tmp / 'error.log').read_text()}"
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/lb-healthz", timeout=2).status_code == 200:
-                    break
-            assert time.monotonic() < deadline, "nginx did not start"
-            time.sleep(0.1)
+        wait_ready(
+            f"{url}/lb-healthz",
+            20,
+            died=lambda: None if proc.poll() is None else f"nginx exited:\n{(tmp / 'error.log').read_text()}",
+            late=lambda: "nginx did not start",
+            interval=0.1,
+        )
         yield url
     finally:
         proc.terminate()
@@ -181,7 +180,16 @@ def loopback_alias_usable() -> bool:
         return False
 
 
-def test_requests_spread_over_replicas_and_survive_one_going_down(model_repo: Path, tmp_path: Path) -> None:
+class Balanced(NamedTuple):
+    url: str  # nginx's
+    procs: list[subprocess.Popen[bytes]]  # the replicas, in REPLICAS order
+    dns: TinyDNS
+    replica_port: int
+
+
+@contextlib.contextmanager
+def balanced_replicas(model_repo: Path, tmp_path: Path) -> Iterator[Balanced]:
+    """Two real replicas on REPLICAS behind the repo's nginx, which finds them through TinyDNS."""
     if not loopback_alias_usable():
         pytest.fail(f"cannot bind {REPLICAS[1]}: this test needs the whole 127.0.0.0/8 on loopback (Linux)")
     replica_port, lb_port = free_port(), free_port()
@@ -193,49 +201,53 @@ def test_requests_spread_over_replicas_and_survive_one_going_down(model_repo: Pa
             for host in REPLICAS
         ]
         lb = stack.enter_context(run_nginx(loopback_conf(dns.port, lb_port, replica_port), lb_port, tmp_path))
+        yield Balanced(lb, procs, dns, replica_port)
 
-        with httpx.Client(base_url=lb, timeout=60) as c:
-            # Both replicas answer a share of the traffic. nginx shuffles the resolver's answer for
-            # each request, so the split is random: send until each has answered twice (the chance
-            # that 40 requests are not enough is below 1e-10).
-            sent, counts = 0, [0.0, 0.0]
-            while min(counts) < 2 and sent < 40:
-                r = c.post("/embed", json={"images": [png_b64(48, 40, sent)]})
+
+def test_requests_spread_over_replicas_and_survive_one_going_down(model_repo: Path, tmp_path: Path) -> None:
+    with (
+        balanced_replicas(model_repo, tmp_path) as (lb, procs, dns, replica_port),
+        httpx.Client(base_url=lb, timeout=60) as c,
+    ):
+        # Both replicas answer a share of the traffic. nginx shuffles the resolver's answer for
+        # each request, so the split is random: send until each has answered twice (the chance
+        # that 40 requests are not enough is below 1e-10).
+        sent, counts = 0, [0.0, 0.0]
+        while min(counts) < 2 and sent < 40:
+            r = c.post("/embed", json={"images": [png_b64(48, 40, sent)]})
+            assert r.status_code == 200, r.text
+            sent += 1
+            counts = [embeds_answered(host, replica_port) for host in REPLICAS]
+        assert sum(counts) == sent and min(counts) >= 2, (sent, counts)
+        assert dns.queries >= 1, "nginx never asked the resolver: the name was not resolved at request time"
+
+        # A request above nginx's default 1 MiB body limit reaches the service.
+        big = png_b64(900, 700, 99)
+        assert len(big) > 1.5 * 2**20
+        r = c.post("/embed", json={"images": [big]})
+        assert r.status_code == 200, r.text[:300]
+
+        # The service's own errors come back unchanged (not retried, not rewritten by nginx).
+        r = c.post("/embed", json={"images": [png_b64(32, 32, 0)], "model": "nope"})
+        assert r.status_code == 404 and "nope" in r.json()["detail"]
+
+        # A replica whose queue is full answers 503: nginx hands the request to the other one.
+        procs[1].terminate()
+        procs[1].wait(timeout=60)
+        before = embeds_answered(REPLICAS[0], replica_port)
+        with full_replica(REPLICAS[1], replica_port) as refused:
+            # Random order again: send until the full replica has refused one (then retried).
+            sent = 0
+            while refused["n"] < 1 and sent < 40:
+                r = c.post("/embed", json={"images": [png_b64(48, 40, 100 + sent)]})
                 assert r.status_code == 200, r.text
                 sent += 1
-                counts = [embeds_answered(host, replica_port) for host in REPLICAS]
-            assert sum(counts) == sent and min(counts) >= 2, (sent, counts)
-            assert dns.queries >= 1, (
-                "nginx never asked the resolver: the name was not resolved at request time"
-            )
+            assert refused["n"] >= 1, f"the full replica got none of {sent} requests: nothing was retried"
+        assert embeds_answered(REPLICAS[0], replica_port) == before + sent
 
-            # A request above nginx's default 1 MiB body limit reaches the service.
-            big = png_b64(900, 700, 99)
-            assert len(big) > 1.5 * 2**20
-            r = c.post("/embed", json={"images": [big]})
-            assert r.status_code == 200, r.text[:300]
-
-            # The service's own errors come back unchanged (not retried, not rewritten by nginx).
-            r = c.post("/embed", json={"images": [png_b64(32, 32, 0)], "model": "nope"})
-            assert r.status_code == 404 and "nope" in r.json()["detail"]
-
-            # A replica whose queue is full answers 503: nginx hands the request to the other one.
-            procs[1].terminate()
-            procs[1].wait(timeout=60)
-            before = embeds_answered(REPLICAS[0], replica_port)
-            with full_replica(REPLICAS[1], replica_port) as refused:
-                # Random order again: send until the full replica has refused one (then retried).
-                sent = 0
-                while refused["n"] < 1 and sent < 40:
-                    r = c.post("/embed", json={"images": [png_b64(48, 40, 100 + sent)]})
-                    assert r.status_code == 200, r.text
-                    sent += 1
-                assert refused["n"] >= 1, f"the full replica got none of {sent} requests: nothing was retried"
-            assert embeds_answered(REPLICAS[0], replica_port) == before + sent
-
-            # And with that replica gone altogether, requests still succeed.
-            for i in range(3):
-                assert c.post("/embed", json={"images": [png_b64(48, 40, 200 + i)]}).status_code == 200
+        # And with that replica gone altogether, requests still succeed.
+        for i in range(3):
+            assert c.post("/embed", json={"images": [png_b64(48, 40, 200 + i)]}).status_code == 200
 
 
 @contextlib.contextmanager

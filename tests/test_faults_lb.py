@@ -6,15 +6,12 @@ on 127.0.0.2 and 127.0.0.3 found through a DNS server on loopback)."""
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from pathlib import Path
 
 import httpx
-import pytest
-from conftest import free_port, start_server
-from test_deploy_lb import REPLICAS, TinyDNS, loopback_alias_usable, loopback_conf, png_b64, run_nginx
+from test_deploy_lb import balanced_replicas, png_b64
 from test_deploy_lb import pytestmark as needs_nginx
 
 pytestmark = needs_nginx
@@ -22,17 +19,7 @@ CLIENTS = 4
 
 
 def test_killing_a_replica_loses_at_most_its_requests_in_flight(model_repo: Path, tmp_path: Path) -> None:
-    if not loopback_alias_usable():
-        pytest.fail(f"cannot bind {REPLICAS[1]}: this test needs the whole 127.0.0.0/8 on loopback (Linux)")
-    replica_port, lb_port = free_port(), free_port()
-    with contextlib.ExitStack() as stack:
-        dns = stack.enter_context(TinyDNS("simpool", REPLICAS))
-        env = {"SIMPOOL_DEFAULT_MODEL": "resnet18"}
-        procs = [
-            stack.enter_context(start_server(model_repo, tmp_path, env, host=host, port=replica_port)).proc
-            for host in REPLICAS
-        ]
-        lb = stack.enter_context(run_nginx(loopback_conf(dns.port, lb_port, replica_port), lb_port, tmp_path))
+    with balanced_replicas(model_repo, tmp_path) as (lb, procs, _, _):
         results: list[tuple[float, float, int]] = []  # (sent, answered, status), 0 = no answer
         lock = threading.Lock()
         stop = threading.Event()

@@ -40,6 +40,18 @@ def collection(photos: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
     return src, copies
 
 
+def assert_finds_originals(results: dict[str, list[dict]], originals: list[Path], copies: Path) -> None:
+    """Each original finds itself first (cosine 1); each near-duplicate copy finds its original in its top k.
+    Shared by the file index and the LanceDB table: both searches must answer the same."""
+    for path in originals:
+        top = results[str(path)]
+        assert top[0]["path"] == path.name, (path.name, top)
+        assert top[0]["score"] == pytest.approx(1.0, abs=1e-4)
+    for path in copies.iterdir():
+        original = path.name.removesuffix(".copy.jpg")
+        assert original in [hit["path"] for hit in results[str(path)]], (original, results[str(path)])
+
+
 def test_photos_find_themselves_and_their_copies(
     server: Server, model_repo: Path, collection: tuple[Path, Path], tmp_path: Path
 ) -> None:
@@ -58,14 +70,7 @@ def test_photos_find_themselves_and_their_copies(
     query = [BIN / "python", EXAMPLE / "query.py", work / "index"]
     proc = run(*query, *queries, "-k", "3", "--url", server.url, "--json")
     assert proc.returncode == 0, proc.stderr
-    results = json.loads(proc.stdout)["results"]
-    for path in originals:
-        top = results[str(path)]
-        assert top[0]["path"] == path.name, (path.name, top)
-        assert top[0]["score"] == pytest.approx(1.0, abs=1e-4)
-    for path in copies.iterdir():
-        original = path.name.removesuffix(".copy.jpg")
-        assert original in [hit["path"] for hit in results[str(path)]], (original, results[str(path)])
+    assert_finds_originals(json.loads(proc.stdout)["results"], originals, copies)
 
     # The human-readable form, with the query embedded in-process: same fingerprint, same answer.
     proc = run(*query, originals[0], "--local", model_repo)
@@ -115,14 +120,7 @@ def test_near_duplicates_through_lancedb(
     query = [BIN / "python", EXAMPLE / "lancedb_query.py", db]
     proc = run(*query, *originals, *sorted(copies.iterdir()), "-k", "3", "--url", server.url, "--json")
     assert proc.returncode == 0, proc.stderr
-    results = json.loads(proc.stdout)["results"]
-    for path in originals:
-        top = results[str(path)]
-        assert top[0]["path"] == path.name, (path.name, top)
-        assert top[0]["score"] == pytest.approx(1.0, abs=1e-4)
-    for path in copies.iterdir():
-        original = path.name.removesuffix(".copy.jpg")
-        assert original in [hit["path"] for hit in results[str(path)]], (original, results[str(path)])
+    assert_finds_originals(json.loads(proc.stdout)["results"], originals, copies)
 
     proc = run(*query, originals[0], "--local", model_repo)  # in-process query: the same answer
     assert proc.returncode == 0 and f"1. 1.0000  {originals[0].name}" in proc.stdout, proc.stderr
