@@ -28,7 +28,6 @@ import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -41,14 +40,15 @@ from simpool_serve.spec import Manifest, load_manifest
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field", "retina")
 
 
-def photo_crops(names: tuple[str, ...], per_photo: int, seed: int) -> Iterator[tuple[str, int, Image.Image]]:
-    """Random crops (45-100 % of the area, aspect 3:4 to 4:3) of scikit-image's photographs, every
-    other one mirrored: (photo name, variant, crop). One generator for the calibration images the
-    INT8 test writes and the held-out images measured here, so both vary the photos the same way."""
+def held_out_photos(manifest: Manifest, per_photo: int, seed: int = 12345) -> np.ndarray:
+    """Random crops and flips of real photographs, prepared as the service prepares requests."""
+    import io
+
     import skimage.data
 
     rng = np.random.default_rng(seed)
-    for name in names:
+    out = []
+    for name in PHOTOS:
         img = Image.fromarray(getattr(skimage.data, name)()).convert("RGB")
         w, h = img.size
         for k in range(per_photo):
@@ -58,18 +58,9 @@ def photo_crops(names: tuple[str, ...], per_photo: int, seed: int) -> Iterator[t
             crop = img.crop((x, y, x + cw, y + ch))
             if k % 2:
                 crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-            yield name, k, crop
-
-
-def held_out_photos(manifest: Manifest, per_photo: int, seed: int = 12345) -> np.ndarray:
-    """Random crops and flips of real photographs, prepared as the service prepares requests."""
-    import io
-
-    out = []
-    for _, _, crop in photo_crops(PHOTOS, per_photo, seed):
-        buf = io.BytesIO()
-        crop.save(buf, format="JPEG", quality=90)
-        out.append(decode_image(buf.getvalue(), manifest, 10**8))
+            buf = io.BytesIO()
+            crop.save(buf, format="JPEG", quality=90)
+            out.append(decode_image(buf.getvalue(), manifest, 10**8))
     return np.stack(out)
 
 

@@ -18,7 +18,6 @@ import pytest
 from conftest import cosine, run_export, start_server
 from PIL import Image
 
-from bench.int8 import photo_crops
 from simpool_serve.service.engine.preprocess import decode_image
 from simpool_serve.spec import fingerprint, load_manifest
 
@@ -29,11 +28,23 @@ R18 = ["--arch", "resnet18", "--num-classes", "1000", "--random-init", "--seed",
 
 def augmented(root: Path) -> list[Path]:
     """Random crops (45-100 % of the area, aspect 3:4 to 4:3), every other one mirrored."""
+    import skimage.data
+
     root.mkdir(parents=True)
+    rng = np.random.default_rng(0)
     paths = []
-    for name, k, crop in photo_crops(PHOTOS, VARIANTS, seed=0):
-        paths.append(root / f"{name}_{k}.jpg")
-        crop.save(paths[-1], quality=90)
+    for name in PHOTOS:
+        img = Image.fromarray(getattr(skimage.data, name)()).convert("RGB")
+        w, h = img.size
+        for k in range(VARIANTS):
+            scale, aspect = rng.uniform(0.45, 1.0), rng.uniform(0.75, 1.33)
+            cw, ch = min(w, int(w * (scale * aspect) ** 0.5)), min(h, int(h * (scale / aspect) ** 0.5))
+            x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+            crop = img.crop((x, y, x + cw, y + ch))
+            if k % 2:
+                crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            paths.append(root / f"{name}_{k}.jpg")
+            crop.save(paths[-1], quality=90)
     return sorted(paths)
 
 
