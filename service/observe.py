@@ -30,9 +30,14 @@ class RequestRecord:
 
 
 def record_of(conn: HTTPConnection) -> RequestRecord:
-    """The request's record (a FastAPI dependency: routes write the model and image count into it)."""
+    """The request's record: routes write the model and image count into it."""
     record: RequestRecord = conn.scope[_RECORD]
     return record
+
+
+async def request_record(conn: HTTPConnection) -> RequestRecord:
+    """`record_of` as a dependency (async: FastAPI runs a plain `def` dependency in a worker thread)."""
+    return record_of(conn)
 
 
 class RequestObserver:
