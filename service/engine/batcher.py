@@ -266,8 +266,8 @@ class Batcher:
 
     @staticmethod
     def _infer(run: Callable[[np.ndarray], Outputs], pixels: list[np.ndarray]) -> tuple[Outputs, float]:
-        """Runs in an inference thread: stack (the one copy) and run the graph."""
-        batch = np.stack(pixels)
+        """Runs in an inference thread: stack (the one copy; a lone image goes in as it is) and run."""
+        batch = pixels[0][np.newaxis] if len(pixels) == 1 else np.stack(pixels)
         start = time.perf_counter()
         outputs = run(batch)
         return outputs, time.perf_counter() - start
