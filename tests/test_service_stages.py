@@ -246,6 +246,18 @@ def test_small_and_odd_sized_images() -> None:
     )
 
 
+@pytest.mark.parametrize("interpolation", ["bicubic", "bilinear"])
+def test_preprocessing_is_torchvision_at_every_aspect(photos: dict[str, Path], interpolation: str) -> None:
+    """Landscape, portrait, square, wide and odd sizes, and a resize below the crop (padding)."""
+    photo = Image.open(photos["chelsea.jpg"]).convert("RGB")
+    sizes = [(500, 375), (375, 500), (640, 360), (360, 640), (313, 313), (1001, 237), (241, 799), (230, 900)]
+    for m in (manifest(interpolation=interpolation), manifest(resize=201, input_size=224)):
+        for size in sizes:
+            img = photo.resize(size, Image.Resampling.BICUBIC)
+            got = decode_image(encode(img, "PNG"), m, 10**8)
+            np.testing.assert_array_equal(got, torchvision_reference(img, m), err_msg=f"{size} {m.resize}")
+
+
 def test_elongated_image_is_not_resized_whole(
     photos: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -202,9 +202,12 @@ def prepare(img: Image.Image, size: tuple[int, int], box: tuple, manifest: Manif
     """Resize the shorter side of the (upright) original to `manifest.resize`, centre-crop to S×S.
 
     `box` is the region of `img` that holds the original of `size` (all of it, unless JPEG draft
-    decoding shrank it). The whole image is resized, then cropped, exactly as torchvision does:
-    resizing only the crop's box would be ~0.6 ms faster but differs by ±1 on a few pixels. Only a very
-    elongated image (over `MAX_RESIZED_PIXELS` once resized) has just its crop's band resized.
+    decoding shrank it). The whole image is resized, then cropped, exactly as torchvision does.
+    Resizing only the crop's box would be faster, but Pillow takes a box in float32 coordinates, which
+    moves the filter's taps (pixels differ by up to 7 levels); and running the two passes as two calls
+    with the crop's columns cut in between is exact only in the pass order Pillow happens to choose
+    (not always horizontal first). Only a very elongated image (over `MAX_RESIZED_PIXELS` once resized)
+    has just its crop's band resized.
     """
     s = manifest.input_size
     rw, rh = resized_size(size[0], size[1], manifest.resize)
