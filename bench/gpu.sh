@@ -31,9 +31,9 @@ echo "model-only done at +$(( $(date +%s) - start ))s"
 if command -v hey >/dev/null; then
     # The fp16 folder is not served here: one model, so the batcher and decoders serve only it.
     mkdir -p "$OUT/serve" && ln -sfn "$REPO/$ARCH" "$OUT/serve/$ARCH"
-    timeout 150 "$PY" bench/run.py --model-dir "$OUT/serve" --model "$ARCH" --provider CUDAExecutionProvider \
-        --lanes 1 --threads 1 --concurrency 32,128 --seconds 15 --offline-seconds 3 --batch-sizes 32 \
-        --recheck-seconds 0 --json "$OUT/service.json" | tee "$OUT/service.txt"
+    timeout 150 "$PY" bench/run.py --model-dir "$OUT/serve" --models "$ARCH" --provider CUDAExecutionProvider \
+        --lanes 1 --threads 1 --concurrency 32,128 --rounds 1 --seconds 15 --offline-seconds 3 \
+        --batch-sizes 32 --recheck-seconds 0 --lone-pairs 10 --json "$OUT/service.json" | tee "$OUT/service.txt"
 else
     echo "hey not installed: service part skipped (apt-get install hey)"
 fi

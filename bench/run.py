@@ -1,204 +1,261 @@
-"""Service vs. offline throughput, side by side in one run.
+"""The service against the graph it serves, side by side in one run: precisions and doors in one table.
 
-Measures, for one exported model:
-  1. the graph's own offline throughput: the service's runner called directly on already
-     preprocessed uint8 batches, one session at several batch sizes, and the service's
-     CPU layout under load (two single-thread lanes at once); the best is the bar;
-  2. the graph's batch-1 latency (the floor for a lone request);
-  3. `simpool-serve` under 1, 8, 32 and 128 concurrent single-image clients
-     (Debian's `hey`, a Go load generator that costs far less CPU than a Python one),
-     with p50/p99 latency and the ratio service / offline, the bar re-measured right
-     before each row (this machine's speed drifts over minutes).
+For each model (say an fp32 export and its `--int8` export), on the same machine and thread budget:
+  1. offline: the service's own runner called directly on preprocessed uint8 batches, one session at
+     several batch sizes, and the service's CPU layout under load (lanes: batches on single-thread
+     sessions at once); the best of them is the bar;
+  2. under load: `simpool-serve` (one server per model, serving only it) under N concurrent clients
+     per door, one 500x375 JPEG per request, sent by Debian's `hey`. The bar is measured again right
+     before every row (this machine's speed drifts by several % over minutes) and each row's ratio
+     is against it; rounds repeat the whole sequence, models and doors in turns, and the table gives
+     the median ratio with its range;
+  3. a lone request: one client, the server idle between requests; each request is paired with a
+     batch-1 run of the graph after the same idle gap, in turns, so the overhead (the median of the
+     pairs' differences) compares like with like.
 
-Both sides run on the same machine with the same thread budget, so the ratio is
-what the service's own overhead (HTTP, JSON, decoding, batching) costs.
-
-    python bench/run.py --model-dir model_repository --model resnet50_simpool
+    python bench/run.py --model-dir model_repository --models resnet50_simpool,resnet50_simpool_int8
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
-import csv
-import io
+import contextlib
 import json
 import os
 import platform
 import shutil
 import statistics
-import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-from launch import serve
-from PIL import Image
+from launch import Served, serve
+from traffic import DOOR_NAMES, Door, OneClient, bench_image, doors, hey
 
 from simpool_serve.service.engine import ThreadPlan
 from simpool_serve.service.engine.runner import OnnxRunner
 from simpool_serve.service.settings import Settings
-from simpool_serve.spec import load_manifest
+from simpool_serve.spec import Manifest, load_manifest
 
 
-def bench_image(width: int = 500, height: int = 375) -> bytes:
-    """A real photograph (scikit-image's cat) as a JPEG of the benchmark's size."""
-    import skimage.data
+@dataclass
+class Graph:
+    """One model's graph in this process: a session on all threads and, with lanes, one per lane."""
 
-    img = Image.fromarray(skimage.data.chelsea()).resize((width, height), Image.BICUBIC)
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=90)
-    return buf.getvalue()
+    name: str
+    manifest: Manifest
+    solo: OnnxRunner
+    lane: OnnxRunner | None
+    lanes: int
+    lane_batch: int
+    by_batch: dict[int, float] = field(default_factory=dict)
+    lanes_ips: float | None = None
+    bar_layout: tuple[str, int] = ("solo", 1)
 
+    def pixels(self, batch: int) -> np.ndarray:
+        s = self.manifest.input_size
+        return np.random.default_rng(0).integers(0, 256, (batch, s, s, 3), dtype=np.uint8)
 
-def offline(
-    model_path: Path, size: int, threads: int, batch_sizes: list[int], seconds: float, provider: str
-) -> dict:
-    """The service's own runner called directly: images/s per batch size and batch-1 latency."""
-    runner = OnnxRunner(model_path, [provider], threads)
-    rng = np.random.default_rng(0)
-    results: dict[int, float] = {}
-    for bs in batch_sizes:
-        x = rng.integers(0, 256, (bs, size, size, 3), dtype=np.uint8)
-        runner.run(x)  # warm-up
+    def solo_ips(self, batch: int, seconds: float) -> float:
+        x = self.pixels(batch)
+        self.solo.run(x)
         n, t0 = 0, time.perf_counter()
         while time.perf_counter() - t0 < seconds:
-            runner.run(x)
-            n += bs
-        results[bs] = n / (time.perf_counter() - t0)
-    x1 = rng.integers(0, 256, (1, size, size, 3), dtype=np.uint8)
-    lat = []
-    for _ in range(30):
-        t0 = time.perf_counter()
-        runner.run(x1)
-        lat.append(time.perf_counter() - t0)
-    return {"by_batch": results, "batch1_p50_ms": statistics.median(lat) * 1e3}
+            self.solo.run(x)
+            n += batch
+        return n / (time.perf_counter() - t0)
+
+    def lanes_now(self, seconds: float) -> float:
+        """`lanes` threads calling the lane session at once, as the batcher does under load."""
+        assert self.lane is not None
+        lane, x = self.lane, self.pixels(self.lane_batch)
+        lane.run(x)
+        counts = [0] * self.lanes
+        start = time.perf_counter()
+
+        def work(i: int) -> None:
+            while time.perf_counter() - start < seconds:
+                lane.run(x)
+                counts[i] += len(x)
+
+        workers = [threading.Thread(target=work, args=(i,)) for i in range(self.lanes)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        return sum(counts) / (time.perf_counter() - start)
+
+    def measure(self, batch_sizes: list[int], seconds: float) -> None:
+        """The offline table; the bar's layout is the best of it."""
+        self.by_batch = {bs: self.solo_ips(bs, seconds) for bs in batch_sizes}
+        best = max(self.by_batch, key=lambda b: self.by_batch[b])
+        self.bar_layout = ("solo", best)
+        if self.lane is not None:
+            self.lanes_ips = self.lanes_now(seconds)
+            if self.lanes_ips > self.by_batch[best]:
+                self.bar_layout = ("lanes", self.lane_batch)
+
+    @property
+    def bar(self) -> float:
+        return max([*self.by_batch.values(), self.lanes_ips or 0.0])
+
+    def bar_now(self, seconds: float) -> tuple[float, float | None]:
+        """The bar's layout measured again for the row about to run: images/s, and the CPU the graph
+        took per image (core-ms, this process's CPU time over the images)."""
+        if not seconds:
+            return self.bar, None
+        kind, batch = self.bar_layout
+        cpu = time.process_time()
+        ips = self.lanes_now(seconds) if kind == "lanes" else self.solo_ips(batch, seconds)
+        return ips, (time.process_time() - cpu) * 1e3 / (ips * seconds)
+
+    def batch1_ms(self) -> float:
+        x = self.pixels(1)
+        start = time.perf_counter()
+        self.solo.run(x)
+        return (time.perf_counter() - start) * 1e3
 
 
-def offline_lanes(
-    model_path: Path, size: int, lanes: int, threads: int, batch: int, seconds: float, provider: str
-) -> float:
-    """One runner of `threads` threads called from `lanes` threads at once (the service's layout under
-    load, as its batcher calls a model's lane runner): images/s at `batch`."""
-    runner = OnnxRunner(model_path, [provider], threads)
-    x = np.random.default_rng(0).integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
-    runner.run(x)
-    counts = [0] * lanes
-    start = time.perf_counter()
-
-    def lane(i: int) -> None:
-        while time.perf_counter() - start < seconds:
-            runner.run(x)
-            counts[i] += batch
-
-    workers = [threading.Thread(target=lane, args=(i,)) for i in range(lanes)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
-    return sum(counts) / (time.perf_counter() - start)
+@contextlib.contextmanager
+def servers(model_dir: Path, names: list[str], env: dict[str, str], tmp: Path) -> Iterator[dict[str, Served]]:
+    """One server per model, each with a repository holding only that model (its own batcher and
+    pool serve only it, as when it is served alone)."""
+    with contextlib.ExitStack() as stack:
+        out = {}
+        for name in names:
+            repo = tmp / f"repo-{name}"
+            repo.mkdir()
+            (repo / name).symlink_to((model_dir / name).resolve())
+            out[name] = stack.enter_context(serve(repo, env, tmp / f"serve-{name}.log"))
+        yield out
 
 
-def hey(
-    url: str,
-    body: Path,
-    concurrency: int,
-    seconds: float,
-    qps: float | None = None,
-    content_type: str = "application/json",
-    headers: tuple[str, ...] = (),
-) -> dict:
-    """Runs hey and summarises its per-request CSV (only 200s count as served)."""
-    cmd = ["hey", "-z", f"{seconds}s", "-c", str(concurrency), "-m", "POST", "-T", content_type]
-    for header in headers:
-        cmd += ["-H", header]
-    if qps:
-        cmd += ["-q", str(qps)]
-    cmd += ["-D", str(body), "-o", "csv", "-t", "60", url]
-    t0 = time.perf_counter()
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    wall = time.perf_counter() - t0
-    rows = list(csv.DictReader(io.StringIO(out)))
-    ok = [float(r["response-time"]) for r in rows if r["status-code"] == "200"]
-    # Throughput over the span in which requests were answered, not hey's start-up.
-    end = max((float(r["offset"]) + float(r["response-time"]) for r in rows), default=wall)
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds of each thread of a process so far (Linux /proc; empty elsewhere)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    with contextlib.suppress(OSError):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{tid}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+                out[tid] = (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+    return out
+
+
+def cpu_split(
+    pid: int, before: dict[str, float], after: dict[str, float], images: int
+) -> tuple[float | None, float | None]:
+    """The server's CPU per image between two readings (core-ms): its event loop (the main thread)
+    and every other thread (decoding and inference)."""
+    if not after or not images:
+        return None, None
+    spent = {tid: cpu - before.get(tid, 0.0) for tid, cpu in after.items()}
+    loop = spent.get(str(pid), 0.0)
+    return loop * 1e3 / images, (sum(spent.values()) - loop) * 1e3 / images
+
+
+def lone(graph: Graph, client: OneClient, door: Door, pairs: int, gap_s: float) -> dict:
+    """`pairs` lone requests, each paired with a graph batch-1 run after the same idle gap."""
+    rows = []
+    for i in range(pairs + 2):  # the first two pairs warm both paths
+        order = (0, 1) if i % 2 else (1, 0)
+        got = [0.0, 0.0]
+        for which in order:
+            time.sleep(gap_s)
+            got[which] = client.seconds(door) * 1e3 if which else graph.batch1_ms()
+        if i >= 2:
+            rows.append(got)
     return {
-        "requests": len(rows),
-        "ok": len(ok),
-        "images_per_s": len(ok) / end if end else 0.0,
-        "p50_ms": float(np.percentile(ok, 50) * 1e3) if ok else float("nan"),
-        "p99_ms": float(np.percentile(ok, 99) * 1e3) if ok else float("nan"),
+        "graph_ms": statistics.median(r[0] for r in rows),
+        "lone_ms": statistics.median(r[1] for r in rows),
+        "lone_p90_ms": float(np.percentile([r[1] for r in rows], 90)),
+        "overhead_ms": statistics.median(r[1] - r[0] for r in rows),
     }
+
+
+def _loaded_cells(rows: list[dict] | None, clients: int | None) -> str:
+    if not rows:
+        return " |  |  |  |  |  |  | "
+    ratios = [r["ratio"] for r in rows]
+    return (
+        f"{clients} | {statistics.median(r['offline'] for r in rows):.1f} "
+        f"| {statistics.median(r['images_per_s'] for r in rows):.1f} "
+        f"| {statistics.median(ratios):.3f} ({min(ratios):.2f}-{max(ratios):.2f}) "
+        f"| {statistics.median(r['p50_ms'] for r in rows):.0f} "
+        f"| {statistics.median(r['p99_ms'] for r in rows):.0f} "
+        f"| {_median(r['graph_cpu_ms'] for r in rows)} "
+        f"| {_median(r['loop_cpu_ms'] + r['other_cpu_ms'] for r in rows if r['loop_cpu_ms'] is not None)} "
+        f"({_median(r['loop_cpu_ms'] for r in rows)})"
+    )
+
+
+def _median(values: Iterable[float | None]) -> str:
+    known = [v for v in values if v is not None]
+    return f"{statistics.median(known):.1f}" if known else "-"
+
+
+def _lone_cells(one: dict | None) -> str:
+    if not one:
+        return " |  | "
+    return f"{one['lone_ms']:.1f} | {one['graph_ms']:.1f} | {one['overhead_ms']:+.1f}"
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model-dir", type=Path, default=Path("model_repository"))
-    p.add_argument("--model", default="resnet50_simpool")
-    p.add_argument("--concurrency", default="1,8,32,128")
-    p.add_argument("--seconds", type=float, default=20.0, help="load duration per concurrency level")
-    p.add_argument("--offline-seconds", type=float, default=10.0)
-    p.add_argument("--batch-sizes", default="1,2,4,8,16,32")
+    p.add_argument("--models", default="resnet50_simpool", help="comma-separated model folders")
+    p.add_argument("--doors", default="REST JSON", help=f"comma-separated, or 'all': {', '.join(DOOR_NAMES)}")
+    p.add_argument("--concurrency", default="32", help="clients, comma-separated")
+    p.add_argument("--rounds", type=int, default=3, help="times the whole sequence of rows runs")
+    p.add_argument("--seconds", type=float, default=10.0, help="load duration of each row")
+    p.add_argument("--offline-seconds", type=float, default=4.0, help="each offline measurement")
+    p.add_argument("--recheck-seconds", type=float, default=4.0, help="bar before each row; 0: no")
+    p.add_argument("--batch-sizes", default="1,2,4,8")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="intra-op threads, both sides")
-    p.add_argument(
-        "--lanes",
-        type=int,
-        help="inference lanes, both sides (default: the service's own choice, 2 on a 2-core CPU, else 1)",
-    )
-    p.add_argument("--lane-batch", type=int, default=4, help="batch size of the offline lanes run")
-    p.add_argument(
-        "--provider", default="CPUExecutionProvider", help="provider, both sides (CUDA: add --lanes 1)"
-    )
-    p.add_argument(
-        "--recheck-seconds",
-        type=float,
-        default=4.0,
-        help="offline re-measured for this long (each layout) right before each service row; 0: no",
-    )
+    p.add_argument("--lanes", type=int, help="inference lanes, both sides (default: the service's choice)")
+    p.add_argument("--lane-batch", type=int, default=4, help="batch size of the offline lanes")
+    p.add_argument("--provider", default="CPUExecutionProvider", help="both sides (CUDA: add --lanes 1)")
+    p.add_argument("--lone-pairs", type=int, default=20, help="lone requests per door (0: none)")
+    p.add_argument("--lone-gap", type=float, default=0.25, help="idle seconds before each lone request")
     p.add_argument("--json", type=Path, help="also write the figures here")
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="extra service setting")
     args = p.parse_args(argv)
     if shutil.which("hey") is None:
         raise SystemExit("bench needs `hey` (Debian: apt-get install hey)")
-
-    if args.lanes is None:  # the service's own choice for this thread count and provider
+    names = [m for m in args.models.split(",") if m]
+    door_names = DOOR_NAMES if args.doors == "all" else [d.strip() for d in args.doors.split(",")]
+    unknown = sorted(set(door_names) - set(DOOR_NAMES))
+    if unknown:
+        raise SystemExit(f"unknown doors {unknown}; known: {DOOR_NAMES}")
+    clients = [int(c) for c in args.concurrency.split(",")]
+    if args.lanes is None:
         plan = ThreadPlan.resolve(Settings(providers=[args.provider], intra_op_threads=args.threads))
         args.lanes = plan.lanes
-    model_dir = args.model_dir / args.model
-    manifest = load_manifest(model_dir / "manifest.json")
-    size = manifest.input_size
-    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
-    graph = model_dir / "model.onnx"
-    off = offline(graph, size, args.threads, batch_sizes, args.offline_seconds, args.provider)
-    best = max(off["by_batch"].values())
-    best_bs = max(off["by_batch"], key=lambda b: off["by_batch"][b])
-    lanes_ips = None
-    per_lane = max(1, args.threads // args.lanes)  # intra-op threads of each lane, as the service splits them
-    if args.lanes > 1:
-        lanes_ips = offline_lanes(
-            model_dir / "model.onnx",
-            size,
-            args.lanes,
-            per_lane,
-            args.lane_batch,
-            args.offline_seconds,
-            args.provider,
-        )
-        off["lanes"] = {
-            "lanes": args.lanes,
-            "threads": per_lane,
-            "batch": args.lane_batch,
-            "images_per_s": lanes_ips,
-        }
-    # The bar is the best the graph did by itself, in either layout.
-    best = max(best, lanes_ips or 0.0)
+    lane_threads = max(1, args.threads // args.lanes)
+
+    graphs: dict[str, Graph] = {}
+    for name in names:
+        folder = args.model_dir / name
+        manifest = load_manifest(folder / "manifest.json")
+        solo = OnnxRunner(folder / "model.onnx", [args.provider], args.threads)
+        lane = OnnxRunner(folder / "model.onnx", [args.provider], lane_threads) if args.lanes > 1 else None
+        graph = Graph(name, manifest, solo, lane, args.lanes, args.lane_batch)
+        graph.measure([int(b) for b in args.batch_sizes.split(",")], args.offline_seconds)
+        graphs[name] = graph
 
     tmp = Path(tempfile.mkdtemp(prefix="simpool-bench-"))
-    body = tmp / "body.json"
-    body.write_text(json.dumps({"images": [base64.b64encode(bench_image()).decode()], "model": args.model}))
+    jpeg = bench_image()
+    table = {name: [d for d in doors(name, jpeg) if d.name in door_names] for name in names}
+    bodies: dict[tuple[str, str], Path] = {}
+    for name, ds in table.items():
+        for i, door in enumerate(ds):
+            bodies[name, door.name] = tmp / f"body-{name}-{i}"
+            bodies[name, door.name].write_bytes(door.body)
     env = {
         "SIMPOOL_PROVIDERS": args.provider,
         "SIMPOOL_INTRA_OP_THREADS": str(args.threads),
@@ -206,62 +263,66 @@ def main(argv: list[str] | None = None) -> int:
         "SIMPOOL_MAX_QUEUE": "1024",
         **dict(kv.split("=", 1) for kv in args.env),
     }
-
-    def offline_now() -> float:
-        """The bar again, just before a service row: this machine's speed drifts by several % over
-        minutes (shared virtual CPUs), and the ratio should compare like with like."""
-        if not args.recheck_seconds:
-            return best
-        secs = args.recheck_seconds
-        bar = offline(graph, size, args.threads, [best_bs], secs, args.provider)["by_batch"][best_bs]
-        if args.lanes > 1:
-            lane_bar = offline_lanes(graph, size, args.lanes, per_lane, args.lane_batch, secs, args.provider)
-            bar = max(bar, lane_bar)
-        return bar
-
-    rows = []
-    with serve(args.model_dir, env, tmp / "serve.log") as server:
-        url = server.url
-        hey(f"{url}/embed", body, 4, 3.0)  # warm the HTTP path and JIT-free caches
-        for c in [int(c) for c in args.concurrency.split(",")]:
-            bar = offline_now()
-            r = hey(f"{url}/embed", body, c, args.seconds)
-            rows.append({"concurrency": c, **r, "offline": bar, "ratio": r["images_per_s"] / bar})
-        lone = hey(f"{url}/embed", body, 1, min(args.seconds, 10.0), qps=4)
+    loaded: dict[tuple[str, str, int], list[dict]] = {}
+    lones: dict[tuple[str, str], dict] = {}
+    with servers(args.model_dir, names, env, tmp) as up:
+        for name, ds in table.items():  # every door answers before anything is measured
+            for door in ds:
+                if hey(up[name].url, door, bodies[name, door.name], 4, 2.0)["ok"] == 0:
+                    raise SystemExit(f"{name} {door.name}: no 200 answer; see {tmp}/serve-{name}.log")
+        for r in range(args.rounds):
+            for name, ds in table.items():
+                for door in ds[r % len(ds) :] + ds[: r % len(ds)]:  # a different door first each round
+                    for c in clients:
+                        bar, graph_cpu = graphs[name].bar_now(args.recheck_seconds)
+                        before = thread_cpu(up[name].pid)
+                        row = hey(up[name].url, door, bodies[name, door.name], c, args.seconds)
+                        loop, rest = cpu_split(up[name].pid, before, thread_cpu(up[name].pid), row["ok"])
+                        row.update(offline=bar, ratio=row["images_per_s"] / bar, graph_cpu_ms=graph_cpu)
+                        row.update(loop_cpu_ms=loop, other_cpu_ms=rest)
+                        loaded.setdefault((name, door.name, c), []).append(row)
+        if args.lone_pairs:
+            for name, ds in table.items():
+                client = OneClient(up[name].url)
+                for door in ds:
+                    lones[name, door.name] = lone(graphs[name], client, door, args.lone_pairs, args.lone_gap)
+                client.close()
 
     print(
-        f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
-        f"onnxruntime {ort.__version__}; model {args.model} ({manifest.arch}, {size}px); "
-        f"intra-op threads {args.threads}\n"
+        f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; onnxruntime "
+        f"{ort.__version__}; {args.provider}; intra-op threads {args.threads}, lanes {args.lanes}\n"
     )
-    print("offline (onnxruntime direct, preprocessed uint8 batches):")
-    print("| batch | images/s |\n|---:|---:|")
-    for bs, ips in off["by_batch"].items():
-        print(f"| {bs} | {ips:.1f}{' (best)' if ips == best else ''} |")
-    if lanes_ips is not None:
-        lane = off["lanes"]
-        print(
-            f"\n{lane['lanes']} lanes at once ({lane['threads']} thread(s) each, batch {lane['batch']}): "
-            f"{lanes_ips:.1f} images/s{' (best)' if lanes_ips == best else ''}"
-        )
-    print(f"\noffline bar (best of the above): {best:.1f} images/s")
-    print(f"\ngraph batch-1 latency p50: {off['batch1_p50_ms']:.1f} ms\n")
-    print("service (POST /embed, one 500x375 JPEG per request, JSON base64):")
-    print("(offline: the bar re-measured just before each row; the ratio is against it)")
-    print("| clients | requests | ok | images/s | p50 ms | p99 ms | offline | service / offline |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for r in rows:
-        print(
-            f"| {r['concurrency']} | {r['requests']} | {r['ok']} | {r['images_per_s']:.1f} | "
-            f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['offline']:.1f} | {r['ratio']:.2f} |"
-        )
-    overhead = lone["p50_ms"] - off["batch1_p50_ms"]
+    for name, g in graphs.items():
+        lanes = f"; {g.lanes} lanes x {lane_threads} thread(s), batch {g.lane_batch}: {g.lanes_ips:.1f}"
+        solo = ", ".join(f"batch {b}: {v:.1f}" for b, v in g.by_batch.items())
+        print(f"offline {name} ({g.manifest.precision or 'fp32'}), images/s: {solo}{lanes if g.lane else ''}")
     print(
-        f"\nidle lone request (1 client, 4 req/s): p50 {lone['p50_ms']:.1f} ms, "
-        f"p99 {lone['p99_ms']:.1f} ms; {overhead:+.1f} ms over the graph's batch-1 time"
+        f"\nunder load: {args.rounds} round(s) of {args.seconds:g} s per row, each against the bar measured "
+        f"just before it ({args.recheck_seconds:g} s); lone: {args.lone_pairs} requests, "
+        f"{args.lone_gap:g} s idle before each, paired with the graph's batch-1 run\n"
     )
+    print(
+        "| model | precision | door | clients | offline images/s | service images/s "
+        "| service / offline (range) | p50 ms | p99 ms | graph CPU ms/image | service CPU ms/image (loop) "
+        "| lone p50 ms | graph batch-1 ms | lone overhead ms |"
+    )
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, ds in table.items():
+        precision = graphs[name].manifest.precision or "fp32"
+        for door in ds:
+            for c in clients if args.rounds else [None]:
+                cells = _loaded_cells(loaded.get((name, door.name, c)), c)
+                one = lones.get((name, door.name)) if c in (clients[0], None) else None
+                print(f"| {name} | {precision} | {door.name} | {cells} | {_lone_cells(one)} |")
     if args.json:
-        args.json.write_text(json.dumps({"offline": off, "service": rows, "lone": lone}, indent=2))
+        figures = {
+            "offline": {n: {"by_batch": g.by_batch, "lanes": g.lanes_ips} for n, g in graphs.items()},
+            "loaded": [
+                {"model": n, "door": d, "clients": c, "rounds": rows} for (n, d, c), rows in loaded.items()
+            ],
+            "lone": [{"model": n, "door": d, **v} for (n, d), v in lones.items()],
+        }
+        args.json.write_text(json.dumps(figures, indent=2))
     return 0
 
 
