@@ -64,8 +64,8 @@ test: $(STAMP)
 compose-test: $(STAMP)
 	SIMPOOL_VENV_BIN=$(abspath $(BIN)) deploy/compose-test/run.sh
 
-bench: $(STAMP)
-	$(BIN)/python bench/run.py
+bench: $(STAMP) $(DEFAULT_MODELS)
+	$(BIN)/python bench/run.py --model-dir $(MODEL_REPOSITORY)
 
 # Mixed traffic on every door for SOAK_S seconds; RSS, descriptors, threads, latency and codes over time.
 SOAK_S ?= 600
