@@ -28,7 +28,6 @@ import statistics
 import tempfile
 import threading
 import time
-import urllib.request
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,21 +133,6 @@ def servers(model_dir: Path, names: list[str], env: dict[str, str], tmp: Path) -
             (repo / name).symlink_to((model_dir / name).resolve())
             out[name] = stack.enter_context(serve(repo, env, tmp / f"serve-{name}.log"))
         yield out
-
-
-def drained(url: str, timeout_s: float = 30.0) -> None:
-    """Waits until the server's queues are empty, so that the next bar does not share the cores with
-    the tail of the last row."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        text = urllib.request.urlopen(f"{url}/metrics", timeout=10).read().decode()
-        depths = [
-            float(line.split()[-1]) for line in text.splitlines() if line.startswith("simpool_queue_depth{")
-        ]
-        if not any(depths):
-            time.sleep(0.5)  # the batches already taken from the queue finish
-            return
-        time.sleep(0.2)
 
 
 def thread_cpu(pid: int) -> dict[str, float]:
@@ -296,7 +280,6 @@ def main(argv: list[str] | None = None) -> int:
                         loop, rest = cpu_split(up[name].pid, before, thread_cpu(up[name].pid), row["ok"])
                         row.update(offline=bar, ratio=row["images_per_s"] / bar, graph_cpu_ms=graph_cpu)
                         row.update(loop_cpu_ms=loop, other_cpu_ms=rest)
-                        drained(up[name].url)
                         loaded.setdefault((name, door.name, c), []).append(row)
         if args.lone_pairs:
             for name, ds in table.items():
