@@ -29,7 +29,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +43,21 @@ from simpool_serve.service.settings import Settings
 from simpool_serve.spec import Manifest, load_manifest
 
 
-@dataclass
+@dataclass(frozen=True)
+class Offline:
+    """A graph's offline table: images/s of one session per batch size, and of the lanes; `layout`
+    is the best of them, which becomes the bar."""
+
+    by_batch: dict[int, float]
+    lanes_ips: float | None
+    layout: tuple[str, int]  # ("solo", batch) or ("lanes", lane batch)
+
+    @property
+    def bar(self) -> float:
+        return max([*self.by_batch.values(), self.lanes_ips or 0.0])
+
+
+@dataclass(frozen=True)
 class Graph:
     """One model's graph in this process: a session on all threads and, with lanes, one per lane."""
 
@@ -53,9 +67,6 @@ class Graph:
     lane: OnnxRunner | None
     lanes: int
     lane_batch: int
-    by_batch: dict[int, float] = field(default_factory=dict)
-    lanes_ips: float | None = None
-    bar_layout: tuple[str, int] = ("solo", 1)
 
     def pixels(self, batch: int) -> np.ndarray:
         s = self.manifest.input_size
@@ -90,26 +101,21 @@ class Graph:
             w.join()
         return sum(counts) / (time.perf_counter() - start)
 
-    def measure(self, batch_sizes: list[int], seconds: float) -> None:
-        """The offline table; the bar's layout is the best of it."""
-        self.by_batch = {bs: self.solo_ips(bs, seconds) for bs in batch_sizes}
-        best = max(self.by_batch, key=lambda b: self.by_batch[b])
-        self.bar_layout = ("solo", best)
-        if self.lane is not None:
-            self.lanes_ips = self.lanes_now(seconds)
-            if self.lanes_ips > self.by_batch[best]:
-                self.bar_layout = ("lanes", self.lane_batch)
+    def measure(self, batch_sizes: list[int], seconds: float) -> Offline:
+        """The offline table."""
+        by_batch = {bs: self.solo_ips(bs, seconds) for bs in batch_sizes}
+        best = max(by_batch, key=lambda b: by_batch[b])
+        lanes_ips = self.lanes_now(seconds) if self.lane is not None else None
+        if lanes_ips is not None and lanes_ips > by_batch[best]:
+            return Offline(by_batch, lanes_ips, ("lanes", self.lane_batch))
+        return Offline(by_batch, lanes_ips, ("solo", best))
 
-    @property
-    def bar(self) -> float:
-        return max([*self.by_batch.values(), self.lanes_ips or 0.0])
-
-    def bar_now(self, seconds: float) -> tuple[float, float | None]:
+    def bar_now(self, offline: Offline, seconds: float) -> tuple[float, float | None]:
         """The bar's layout measured again for the row about to run: images/s, and the CPU the graph
         took per image (core-ms, this process's CPU time over the images)."""
         if not seconds:
-            return self.bar, None
-        kind, batch = self.bar_layout
+            return offline.bar, None
+        kind, batch = offline.layout
         cpu = time.process_time()
         ips = self.lanes_now(seconds) if kind == "lanes" else self.solo_ips(batch, seconds)
         return ips, (time.process_time() - cpu) * 1e3 / (ips * seconds)
@@ -239,14 +245,16 @@ def main(argv: list[str] | None = None) -> int:
     lane_threads = max(1, args.threads // args.lanes)
 
     graphs: dict[str, Graph] = {}
+    offline: dict[str, Offline] = {}
     for name in names:
         folder = args.model_dir / name
         manifest = load_manifest(folder / "manifest.json")
         solo = OnnxRunner(folder / "model.onnx", [args.provider], args.threads)
         lane = OnnxRunner(folder / "model.onnx", [args.provider], lane_threads) if args.lanes > 1 else None
-        graph = Graph(name, manifest, solo, lane, args.lanes, args.lane_batch)
-        graph.measure([int(b) for b in args.batch_sizes.split(",")], args.offline_seconds)
-        graphs[name] = graph
+        graphs[name] = Graph(name, manifest, solo, lane, args.lanes, args.lane_batch)
+        offline[name] = graphs[name].measure(
+            [int(b) for b in args.batch_sizes.split(",")], args.offline_seconds
+        )
 
     tmp = Path(tempfile.mkdtemp(prefix="simpool-bench-"))
     jpeg = bench_image()
@@ -274,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
             for name, ds in table.items():
                 for door in ds[r % len(ds) :] + ds[: r % len(ds)]:  # a different door first each round
                     for c in clients:
-                        bar, graph_cpu = graphs[name].bar_now(args.recheck_seconds)
+                        bar, graph_cpu = graphs[name].bar_now(offline[name], args.recheck_seconds)
                         before = thread_cpu(up[name].pid)
                         row = hey(up[name].url, door, bodies[name, door.name], c, args.seconds)
                         loop, rest = cpu_split(up[name].pid, before, thread_cpu(up[name].pid), row["ok"])
@@ -293,9 +301,11 @@ def main(argv: list[str] | None = None) -> int:
         f"{ort.__version__}; {args.provider}; intra-op threads {args.threads}, lanes {args.lanes}\n"
     )
     for name, g in graphs.items():
-        lanes = f"; {g.lanes} lanes x {lane_threads} thread(s), batch {g.lane_batch}: {g.lanes_ips:.1f}"
-        solo = ", ".join(f"batch {b}: {v:.1f}" for b, v in g.by_batch.items())
-        print(f"offline {name} ({g.manifest.precision or 'fp32'}), images/s: {solo}{lanes if g.lane else ''}")
+        o = offline[name]
+        solo = ", ".join(f"batch {b}: {v:.1f}" for b, v in o.by_batch.items())
+        if o.lanes_ips is not None:
+            solo += f"; {g.lanes} lanes x {lane_threads} thread(s), batch {g.lane_batch}: {o.lanes_ips:.1f}"
+        print(f"offline {name} ({g.manifest.precision or 'fp32'}), images/s: {solo}")
     print(
         f"\nunder load: {args.rounds} round(s) of {args.seconds:g} s per row, each against the bar measured "
         f"just before it ({args.recheck_seconds:g} s); lone: {args.lone_pairs} requests, "
@@ -316,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"| {name} | {precision} | {door.name} | {cells} | {_lone_cells(one)} |")
     if args.json:
         figures = {
-            "offline": {n: {"by_batch": g.by_batch, "lanes": g.lanes_ips} for n, g in graphs.items()},
+            "offline": {n: {"by_batch": o.by_batch, "lanes": o.lanes_ips} for n, o in offline.items()},
             "loaded": [
                 {"model": n, "door": d, "clients": c, "rounds": rows} for (n, d, c), rows in loaded.items()
             ],
