@@ -142,8 +142,8 @@ def resolve_model_dir(model_dir: Path, model: str | None) -> Path:
 class LocalBackend:
     """Runs the service's engine in this process: the same decoding, limits, batcher and graph checks.
 
-    The settings come from the same `SIMPOOL_*` environment the service reads, so the same
-    environment gives the same embeddings here as from a server.
+    Its configuration (`EngineConfig`) comes from the same `SIMPOOL_*` environment the service reads,
+    so the same environment gives the same embeddings here as from a server.
     """
 
     def __init__(self, engine: Engine, model: str) -> None:
@@ -154,9 +154,8 @@ class LocalBackend:
 
     @classmethod
     async def open(cls, model_dir: Path, *, model: str | None) -> LocalBackend:
-        from simpool_serve.service.engine import Engine, ModelFolder
+        from simpool_serve.service.engine import Engine, EngineConfig, ModelFolder
         from simpool_serve.service.metrics import Metrics
-        from simpool_serve.service.settings import Settings
         from simpool_serve.spec import ManifestError
 
         folder_path = resolve_model_dir(model_dir, model)
@@ -164,8 +163,8 @@ class LocalBackend:
             folder = ModelFolder.read(folder_path)
         except ManifestError as exc:
             raise FatalError(str(exc)) from exc
-        settings = Settings()
-        engine = Engine(settings, Metrics(settings.max_batch_size or 32), {folder.name: folder}, folder.name)
+        config = EngineConfig()
+        engine = Engine(config, Metrics(config.max_batch_size or 32), {folder.name: folder}, folder.name)
         # As the service does: the rows written carry the manifest's fingerprint, so the graph must be the
         # one the manifest names, and its outputs the shapes it describes.
         try:
@@ -177,18 +176,17 @@ class LocalBackend:
 
     async def embed(self, images: list[bytes]) -> list[Outcome]:
         # One engine call takes at most a request's worth of images, as one HTTP request would.
-        step = self._engine.settings.max_images_per_request
+        step = self._engine.limits.max_images
         chunks = [images[i : i + step] for i in range(0, len(images), step)]
         parts = await asyncio.gather(*(self._embed(chunk) for chunk in chunks))
         return [outcome for part in parts for outcome in part]
 
     async def _embed(self, images: list[bytes]) -> list[Outcome]:
-        from simpool_serve.service.engine import EngineError
+        from simpool_serve.service.engine import Call, EngineError
 
         try:
-            answer = await self._engine.run(
-                self._model, images=list(images), deadline=self._engine.deadline(), on_error="skip"
-            )
+            call = Call(images=list(images), on_error="skip")
+            answer = await self._engine.run(self._model, call, deadline=self._engine.deadline())
         except EngineError as exc:  # the whole call refused (deadline, queue full): every image failed
             return [Outcome(None, exc.detail, self.fingerprint)] * len(images)
         failed = {f.index: f.detail for f in answer.failures}

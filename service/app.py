@@ -55,7 +55,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = Engine.from_settings(settings, metrics, runner_factory)
+        engine = Engine.from_config(settings.engine_config(), metrics, runner_factory)
         app.state.engine = engine
         loader = asyncio.create_task(load(engine), name="load-models")
         try:

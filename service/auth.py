@@ -10,7 +10,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from simpool_serve.service.engine.errors import EngineError, Kind
+from simpool_serve.service.refusals import unauthenticated
 from simpool_serve.service.settings import Settings
 
 _bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer <SIMPOOL_API_KEY>` when set.")
@@ -33,4 +33,4 @@ async def require_key(
     if creds is None or not hmac.compare_digest(given, expected):
         what = "missing API key" if creds is None else "wrong API key"
         detail = f"{what}: send it as the header `Authorization: Bearer <key>`"
-        raise EngineError(Kind.UNAUTHORIZED, detail, "unauthorized")
+        raise unauthenticated(detail)

@@ -1,9 +1,9 @@
 """Every error leaves as JSON: the engine's, FastAPI's validation, Starlette's (unknown path, 405).
 
-The status comes from the error (`EngineError.kind.status`: the same for every door); the body's
-shape is the door's: `{"detail": ...}` by default, and another for a path prefix given in `shapes`
+The status comes from the error's kind (`http_status`: the same for every door); the body's shape is
+the door's: `{"detail": ...}` by default, and another for a path prefix given in `shapes`
 (an Open Inference Protocol or OpenAI door answers in its own protocol's shape). Failures are counted
-by reason under the model the route recorded (none when it failed before knowing one).
+by reason under the model the door path labelled (none when it failed before knowing one).
 """
 
 import logging
@@ -17,17 +17,19 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from simpool_serve.service.engine.errors import EngineError
+from simpool_serve.service.http_status import Failure, headers_of, status_of
 from simpool_serve.service.metrics import Metrics
-from simpool_serve.service.observe import record_of
-from simpool_serve.service.parsing import describe
+from simpool_serve.service.observe import labels_of
+from simpool_serve.service.refusals import Refusal
+from simpool_serve.service.validation import describe
 
 log = logging.getLogger("simpool_serve.app")
 
 # (status, detail, the error or None) → the JSON body of the answer.
-ErrorShape = Callable[[int, str, EngineError | None], dict[str, Any]]
+ErrorShape = Callable[[int, str, Failure | None], dict[str, Any]]
 
 
-def detail_shape(status: int, detail: str, error: EngineError | None) -> dict[str, Any]:
+def detail_shape(status: int, detail: str, error: Failure | None) -> dict[str, Any]:
     return {"detail": detail}
 
 
@@ -41,21 +43,23 @@ def install_error_handlers(
         request: Request,
         status: int,
         detail: str,
-        error: EngineError | None = None,
+        error: Failure | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> JSONResponse:
         path = request.url.path
         shape = next((s for prefix, s in by_prefix.items() if path.startswith(prefix)), detail_shape)
         return JSONResponse(shape(status, detail, error), status_code=status, headers=headers)
 
-    @app.exception_handler(EngineError)
-    async def on_engine_error(request: Request, exc: EngineError) -> JSONResponse:
-        metrics.failures.labels(record_of(request).model, exc.reason).inc()
-        return answer(request, exc.status, exc.detail, exc, exc.headers)
+    async def on_failure(request: Request, exc: Failure) -> JSONResponse:
+        metrics.failures.labels(labels_of(request).model, exc.reason).inc()
+        return answer(request, status_of(exc), exc.detail, exc, headers_of(exc))
+
+    app.add_exception_handler(EngineError, on_failure)  # type: ignore[arg-type]
+    app.add_exception_handler(Refusal, on_failure)  # type: ignore[arg-type]
 
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        metrics.failures.labels(record_of(request).model, "malformed").inc()
+        metrics.failures.labels(labels_of(request).model, "malformed").inc()
         detail = "; ".join(
             f"{'.'.join(str(p) for p in e.get('loc', ())) or 'request'}: {e.get('msg', 'invalid')}"
             for e in exc.errors()

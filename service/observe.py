@@ -1,9 +1,9 @@
 """Observing requests: one count, one duration and one log line per request, whatever its outcome.
 
 The `endpoint` label is the path template of the route that answered ("other" for an unknown path),
-so every door's routes are labelled without a list to keep in step. What only the route learns (the
-model, the number of images) it writes into the request's `RequestRecord` (the `RecordDep`
-dependency); the middleware reads it back when the answer has gone out.
+so every door's routes are labelled without a list to keep in step. What only the door path learns
+(the model, the number of images) it reports once, with `label_request`; the middleware and the
+error handlers read those `RequestLabels` back (empty when the request failed before naming a model).
 """
 
 import logging
@@ -18,26 +18,27 @@ from simpool_serve.service.metrics import Metrics
 log = logging.getLogger("simpool_serve.app")
 
 _QUIET = {"/healthz", "/readyz", "/metrics"}  # probes and scrapes are logged at debug level
-_RECORD = "simpool.record"  # the scope key of a request's record
+_LABELS = "simpool.labels"  # the scope key of a request's labels
 
 
-@dataclass(slots=True)
-class RequestRecord:
-    """The labels of one request that only its route knows: the model that answered, how many images."""
+@dataclass(frozen=True, slots=True)
+class RequestLabels:
+    """The labels of one request that only the door path knows: the model that answered, its images."""
 
     model: str = ""
     images: int = 0
 
 
-def record_of(conn: HTTPConnection) -> RequestRecord:
-    """The request's record: routes write the model and image count into it."""
-    record: RequestRecord = conn.scope[_RECORD]
-    return record
+_UNLABELLED = RequestLabels()
 
 
-async def request_record(conn: HTTPConnection) -> RequestRecord:
-    """`record_of` as a dependency (async: FastAPI runs a plain `def` dependency in a worker thread)."""
-    return record_of(conn)
+def label_request(conn: HTTPConnection, model: str, images: int) -> None:
+    """The door path's report of which model the request went to, with how many images."""
+    conn.scope[_LABELS] = RequestLabels(model, images)
+
+
+def labels_of(conn: HTTPConnection) -> RequestLabels:
+    return conn.scope.get(_LABELS, _UNLABELLED)
 
 
 class RequestObserver:
@@ -52,7 +53,6 @@ class RequestObserver:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        record = scope[_RECORD] = RequestRecord()
         status = 500
 
         async def observed_send(message: Message) -> None:
@@ -67,6 +67,7 @@ class RequestObserver:
             route = scope.get("route")  # set by the router on the route that matched
             endpoint = getattr(route, "path", None) or "other"
             seconds = time.perf_counter() - start
+            record = scope.get(_LABELS, _UNLABELLED)
             self.metrics.requests.labels(endpoint, record.model, str(status)).inc()
             self.metrics.request_duration.labels(endpoint).observe(seconds)
             log.log(

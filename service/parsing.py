@@ -1,19 +1,22 @@
-"""Request → images + fields: JSON (base64 / data URI) or multipart, with the request-level limits.
+"""The REST door's bodies: images + fields, as JSON (base64 / data URI) or multipart.
 
-Nothing here decodes an image: the raw payloads (bytes, or base64 text) go to the decode stage.
+Nothing here decodes an image: the raw payloads (bytes, or base64 text) go to the decode stage. The
+body itself is read by `http_door.read_body`, and the limits are the engine's (`Limits`).
 """
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from python_multipart.multipart import MultipartParser, parse_options_header
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 
-from simpool_serve.service.engine.errors import EngineError, Kind
+from simpool_serve.service.engine import EngineError, Kind, Limits
+from simpool_serve.service.http_door import read_body
+from simpool_serve.service.refusals import unsupported_media
+from simpool_serve.service.validation import describe
 
 OnError = Literal["fail", "skip"]
 
@@ -90,62 +93,6 @@ class Parsed:
     fields: Fields
 
 
-@dataclass(frozen=True, slots=True)
-class Limits:
-    max_request_bytes: int
-    max_images: int
-
-
-def describe(exc: ValidationError) -> str:
-    """One readable line from pydantic's errors: `where: what` for each, the image index included."""
-    parts = []
-    for err in exc.errors(include_url=False):
-        where = ".".join(str(p) for p in err["loc"]) or "body"
-        parts.append(f"{where}: {err['msg']}")
-    return "; ".join(parts)
-
-
-async def read_body(request: Request, limit: int, deadline: float | None = None) -> bytes:
-    """The whole body, refused with 413 as soon as it passes `limit` bytes (declared or streamed).
-
-    `deadline` (event-loop time) bounds the upload too: a client that trickles its body (by accident,
-    or to hold a connection and its buffers) gets 504 when the request's deadline passes.
-    """
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise EngineError(
-            Kind.TOO_LARGE, f"request body of {declared} bytes is over the limit of {limit}", "too_large"
-        )
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        async with asyncio.timeout_at(deadline):
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > limit:
-                    raise EngineError(
-                        Kind.TOO_LARGE, f"request body is over the limit of {limit} bytes", "too_large"
-                    )
-                chunks.append(chunk)
-    except ClientDisconnect as exc:
-        raise EngineError(
-            Kind.DISCONNECTED, "client closed the connection while sending", "disconnected"
-        ) from exc
-    except TimeoutError:
-        raise EngineError(
-            Kind.TIMEOUT,
-            f"request body not received in time ({size} bytes by the request deadline)",
-            "timeout",
-        ) from None
-    return b"".join(chunks)
-
-
-def _too_many(count: int, limit: int) -> EngineError:
-    return EngineError(
-        Kind.TOO_LARGE, f"{count} images in one request, over the limit of {limit}", "too_many_images"
-    )
-
-
 def _invalid(detail: str) -> EngineError:
     return EngineError(Kind.INVALID, detail, "malformed")
 
@@ -159,8 +106,8 @@ MAX_FORM_FIELDS = 64
 class _MultipartCollector:
     """Callbacks for python-multipart: file parts named `images` in order, other parts as text fields."""
 
-    def __init__(self, max_images: int) -> None:
-        self.max_images = max_images
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
         self.images: list[bytes] = []
         self.fields: dict[str, str] = {}
         self.other_parts = 0
@@ -194,8 +141,7 @@ class _MultipartCollector:
         name = options.get(b"name", b"").decode("utf-8", "replace")
         data = b"".join(self._data)
         if name == "images":
-            if len(self.images) >= self.max_images:
-                raise _too_many(len(self.images) + 1, self.max_images)
+            self.limits.check_images(len(self.images) + 1)
             self.images.append(data)
             return
         self.other_parts += 1
@@ -208,12 +154,12 @@ class _MultipartCollector:
         self.finished = True
 
 
-def parse_multipart(body: bytes, content_type: str, max_images: int) -> tuple[list[bytes], dict[str, str]]:
+def parse_multipart(body: bytes, content_type: str, limits: Limits) -> tuple[list[bytes], dict[str, str]]:
     _, options = parse_options_header(content_type)
     boundary = options.get(b"boundary")
     if not boundary:
         raise _invalid("multipart body without a boundary")
-    collector = _MultipartCollector(max_images)
+    collector = _MultipartCollector(limits)
     parser = MultipartParser(boundary, collector.callbacks())  # type: ignore[arg-type]
     try:
         parser.write(body)
@@ -230,17 +176,16 @@ def parse_multipart(body: bytes, content_type: str, max_images: int) -> tuple[li
 async def parse_request(
     request: Request, fields_type: type[Fields], limits: Limits, deadline: float | None = None
 ) -> Parsed:
-    """Reads and validates an image request; raises `EngineError` (413, 415, 422, 504) on a bad one."""
+    """Reads and validates an image request; raises `EngineError` (TOO_LARGE, INVALID, TIMEOUT) or a
+    `Refusal` (unsupported media) on a bad one."""
     content_type = request.headers.get("content-type", "")
     media = content_type.split(";", 1)[0].strip().lower()
     is_json = media == "application/json" or media.endswith("+json")
     if not is_json and media != "multipart/form-data":
-        raise EngineError(
-            Kind.UNSUPPORTED_MEDIA,
-            f"content type {media or '(none)'!r}: use application/json or multipart/form-data",
-            "unsupported_media_type",
+        raise unsupported_media(
+            f"content type {media or '(none)'!r}: use application/json or multipart/form-data"
         )
-    body = await read_body(request, limits.max_request_bytes, deadline)
+    body = await read_body(request, limits, deadline)
     if is_json:
         # Strict: JSON has real booleans and integers, so `"top_k": true` or `"normalize": "yes"` is a
         # client bug to report (422), not a value to coerce. Form fields below are text and stay lax.
@@ -249,10 +194,9 @@ async def parse_request(
         except ValidationError as exc:
             raise _invalid(describe(exc)) from exc
         images: list[bytes | str] = list(parsed.images)  # type: ignore[attr-defined]
-        if len(images) > limits.max_images:
-            raise _too_many(len(images), limits.max_images)
+        limits.check_images(len(images))
         return Parsed(images, parsed)
-    files, form = parse_multipart(body, content_type, limits.max_images)
+    files, form = parse_multipart(body, content_type, limits)
     if not files:
         raise _invalid("no file part named 'images' in the multipart body")
     try:

@@ -11,9 +11,11 @@ import pytest
 import tritonclient.http as triton
 from tritonclient.utils import serialize_byte_tensor
 
-from simpool_serve.service.engine import EngineError
+from simpool_serve.service.engine import EngineError, Limits
+from simpool_serve.service.http_status import status_of
 from simpool_serve.service.oip import codec
 from simpool_serve.service.oip.codec import Images, OutputChoice, Pixels
+from simpool_serve.service.refusals import Refusal
 
 
 def body_of(inputs: list, outputs: list | None = None, **kwargs: object) -> tuple[bytes, int]:
@@ -21,8 +23,12 @@ def body_of(inputs: list, outputs: list | None = None, **kwargs: object) -> tupl
     return body, len(body) if json_size is None else json_size
 
 
+def limits(max_images: int = 64, max_request_bytes: int = 1000) -> Limits:
+    return Limits(max_images, max_request_bytes, max_image_bytes=10**6, max_image_pixels=10**8)
+
+
 def parse(body: bytes, json_size: int | None = None, max_images: int = 64) -> codec.InferRequest:
-    return codec.parse_request(body, len(body) if json_size is None else json_size, max_images)
+    return codec.parse_request(body, len(body) if json_size is None else json_size, limits(max_images))
 
 
 def images_input(
@@ -83,7 +89,7 @@ def test_outputs_selection_and_per_output_binary() -> None:
     req = parse(*body_of([images_input([b"x"])], [triton.InferRequestedOutput("logits")]))
     with pytest.raises(EngineError, match="unknown output 'logits'") as err:
         req.choose_outputs(["embedding", "attention"])
-    assert err.value.status == 422
+    assert status_of(err.value) == 422
 
 
 def test_answer_round_trips_through_the_client_json_and_binary() -> None:
@@ -119,13 +125,13 @@ def test_bytes_serialisation_matches_the_clients() -> None:
 
 def test_gzip_body_is_inflated_within_the_limit() -> None:
     body = b'{"inputs": []}' * 10
-    assert codec.inflate(gzip.compress(body), "gzip", 1000) == body
+    assert codec.inflate(gzip.compress(body), "gzip", limits()) == body
     with pytest.raises(EngineError) as err:
-        codec.inflate(gzip.compress(b"\x00" * 10_000_000), "gzip", 1_000_000)
-    assert err.value.status == 413
-    with pytest.raises(EngineError) as err:
-        codec.inflate(body, "br", 1000)
-    assert err.value.status == 415
+        codec.inflate(gzip.compress(b"\x00" * 10_000_000), "gzip", limits(max_request_bytes=1_000_000))
+    assert status_of(err.value) == 413
+    with pytest.raises(Refusal) as refused:
+        codec.inflate(body, "br", limits())
+    assert status_of(refused.value) == 415
 
 
 def _json(obj: object, tail: bytes = b"") -> tuple[bytes, int]:
@@ -195,8 +201,8 @@ BYTES_1 = {"name": "images", "datatype": "BYTES", "shape": [1]}
 )
 def test_malformed_requests(body: tuple[bytes, int], status: int, message: str) -> None:
     with pytest.raises(EngineError, match=message) as err:
-        codec.parse_request(body[0], body[1], 64)
-    assert err.value.status == status
+        codec.parse_request(body[0], body[1], limits())
+    assert status_of(err.value) == status
 
 
 def test_header_length_must_lie_within_the_body() -> None:

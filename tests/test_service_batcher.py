@@ -20,6 +20,7 @@ from simpool_serve.service.engine.batcher import Batcher
 from simpool_serve.service.engine.errors import EngineError
 from simpool_serve.service.engine.preprocess import decode_image
 from simpool_serve.service.engine.runner import OnnxRunner, ProviderError
+from simpool_serve.service.http_status import headers_of, status_of
 from simpool_serve.service.metrics import Metrics
 from simpool_serve.service.settings import Settings
 from simpool_serve.spec import Manifest, load_manifest
@@ -219,7 +220,7 @@ def test_failing_batch_fails_only_its_requests(
             assert (await good1.future)[0] is not None
             with pytest.raises(EngineError) as exc:
                 await bad.future
-            assert exc.value.status == 500 and "server log" in exc.value.detail
+            assert status_of(exc.value) == 500 and "server log" in exc.value.detail
             assert (await good2.future)[0] is not None
             assert batcher.alive
             await batcher.close()
@@ -242,7 +243,7 @@ def test_cancel_drops_queued_images_and_queue_is_bounded(
             batcher.reserve(5)
             with pytest.raises(EngineError) as exc:  # 6 of 6 places taken
                 batcher.reserve(1)
-            assert exc.value.status == 503 and exc.value.headers["Retry-After"] == "1"
+            assert status_of(exc.value) == 503 and headers_of(exc.value)["Retry-After"] == "1"
             doomed = batcher.submit(pixels[:5])
             assert batcher.cancel(doomed) == 5  # none of them had reached a batch
             doomed.future.cancel()
@@ -272,7 +273,7 @@ def test_close_answers_everything_queued(
             assert all(j.future.done() and j.future.result()[0] is not None for j in jobs)
             with pytest.raises(EngineError) as exc:
                 batcher.reserve(1)
-            assert exc.value.status == 503
+            assert status_of(exc.value) == 503
 
     run(scenario())
 
@@ -282,11 +283,11 @@ def test_readiness_follows_the_batchers(model_repo: Path) -> None:
     settings = Settings(model_dir=model_repo, max_batch_size=2, providers=["CPUExecutionProvider"])
 
     async def scenario() -> None:
-        engine = Engine.from_settings(settings, Metrics(settings.max_batch_size))
+        engine = Engine.from_config(settings.engine_config(), Metrics(settings.max_batch_size))
         assert engine.not_ready_reason() == "models are loading"
         with pytest.raises(EngineError) as exc:  # a request before the model is loaded
             engine.model("resnet18")
-        assert exc.value.status == 503 and "Retry-After" in exc.value.headers
+        assert status_of(exc.value) == 503 and "Retry-After" in headers_of(exc.value)
         await engine.load()
         assert engine.not_ready_reason() is None
         task = engine.models["vit_tiny"].batcher._task  # the model's loop, killed from outside
@@ -296,7 +297,7 @@ def test_readiness_follows_the_batchers(model_repo: Path) -> None:
         assert "vit_tiny" in (engine.not_ready_reason() or "")
         with pytest.raises(EngineError) as exc:
             engine.models["vit_tiny"].batcher.reserve(1)
-        assert exc.value.status == 503
+        assert status_of(exc.value) == 503
         await engine.close()
 
     run(scenario())

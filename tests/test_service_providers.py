@@ -16,7 +16,7 @@ from simpool_serve.service.settings import Settings
 
 
 def test_cuda_options_are_chosen_for_serving() -> None:
-    opts = ProviderOptions.from_settings(Settings(), input_size=224, max_batch=32).cuda()
+    opts = ProviderOptions.from_config(Settings(), input_size=224, max_batch=32).cuda()
     assert opts == {
         "device_id": "0",
         "cudnn_conv_algo_search": "HEURISTIC",
@@ -35,7 +35,7 @@ def test_settings_reach_the_options(monkeypatch: pytest.MonkeyPatch, tmp_path: P
         "SIMPOOL_IO_BINDING": "true",
     }.items():
         monkeypatch.setenv(key, value)
-    options = ProviderOptions.from_settings(Settings(), input_size=256, max_batch=8)
+    options = ProviderOptions.from_config(Settings(), input_size=256, max_batch=8)
     assert options.io_binding is True
     cuda = options.cuda()
     assert cuda["device_id"] == "1" and cuda["cudnn_conv_algo_search"] == "DEFAULT"
@@ -52,7 +52,7 @@ def test_unknown_algorithm_search_is_refused(monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_tensorrt_profile_covers_every_batch_and_caches_in_the_model_folder(tmp_path: Path) -> None:
-    trt = ProviderOptions.from_settings(Settings(), input_size=224, max_batch=32).tensorrt(tmp_path / "m")
+    trt = ProviderOptions.from_config(Settings(), input_size=224, max_batch=32).tensorrt(tmp_path / "m")
     cache = str(tmp_path / "m" / "trt_cache")
     assert trt == {
         "device_id": "0",

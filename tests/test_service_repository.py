@@ -49,7 +49,7 @@ def load_repository(repo: Path) -> tuple[Mapping[str, LoadedModel], Exception | 
     settings = settings_for(repo)
 
     async def scenario() -> tuple[Mapping[str, LoadedModel], Exception | None]:
-        engine = Engine.from_settings(settings, Metrics(1))
+        engine = Engine.from_config(settings.engine_config(), Metrics(1))
         try:
             await engine.load()
         except Exception as exc:

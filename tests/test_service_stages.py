@@ -23,6 +23,7 @@ from simpool_serve.service.app import create_app
 from simpool_serve.service.encoding import attention_maps, embeddings, json_bytes, predictions
 from simpool_serve.service.engine.decode import payload_bytes
 from simpool_serve.service.engine.errors import EngineError
+from simpool_serve.service.engine.limits import Limits
 from simpool_serve.service.engine.overlay import attention_png
 from simpool_serve.service.engine.preprocess import (
     ImageError,
@@ -34,6 +35,7 @@ from simpool_serve.service.engine.preprocess import (
     open_image,
     own_pixel_limit,
 )
+from simpool_serve.service.http_status import status_of
 from simpool_serve.service.parsing import parse_multipart
 from simpool_serve.service.settings import Settings, available_cores
 from simpool_serve.spec import Manifest, ManifestError, fingerprint, load_manifest
@@ -98,13 +100,13 @@ def test_settings_from_env_and_overrides(monkeypatch: pytest.MonkeyPatch) -> Non
 def test_inference_lanes_split_the_threads(monkeypatch: pytest.MonkeyPatch) -> None:
     """Auto: two single-thread lanes sharing one pool with decoding on a 2-core CPU; one lane with more
     cores (decoding has cores of its own), on a GPU, or with one thread. Explicit values win."""
-    monkeypatch.setattr("simpool_serve.service.settings.available_cores", lambda: 2)
+    monkeypatch.setattr("simpool_serve.service.engine.config.available_cores", lambda: 2)
     two = Settings()
     assert (two.resolved_inference_lanes(), two.lane_threads(), two.shared_compute_pool()) == (2, 1, True)
     assert Settings(intra_op_threads=1).resolved_inference_lanes() == 1
     assert Settings().resolved_inference_lanes(gpu=True) == 1
     assert not Settings().shared_compute_pool(gpu=True)
-    monkeypatch.setattr("simpool_serve.service.settings.available_cores", lambda: 8)
+    monkeypatch.setattr("simpool_serve.service.engine.config.available_cores", lambda: 8)
     eight = Settings()
     assert (eight.resolved_inference_lanes(), eight.shared_compute_pool()) == (1, False)
     pinned = Settings(intra_op_threads=6, inference_lanes=3)
@@ -170,9 +172,12 @@ def multipart(files: list[bytes], data: dict[str, str]) -> tuple[bytes, str]:
     return req.read(), req.headers["content-type"]
 
 
+LIMITS = Limits(max_images=8, max_request_bytes=10**8, max_image_bytes=10**8, max_image_pixels=10**8)
+
+
 def test_multipart_keeps_order_and_fields() -> None:
     body, ctype = multipart([b"first", b"second", b"third"], {"model": "vit", "top_k": "3"})
-    images, fields = parse_multipart(body, ctype, max_images=8)
+    images, fields = parse_multipart(body, ctype, LIMITS)
     assert images == [b"first", b"second", b"third"]
     assert fields == {"model": "vit", "top_k": "3"}
 
@@ -180,20 +185,20 @@ def test_multipart_keeps_order_and_fields() -> None:
 def test_multipart_limits_and_malformed() -> None:
     body, ctype = multipart([b"a"] * 5, {})
     with pytest.raises(EngineError) as exc:
-        parse_multipart(body, ctype, max_images=4)
-    assert exc.value.status == 413
+        parse_multipart(body, ctype, Limits(4, 10**8, 10**8, 10**8))
+    assert status_of(exc.value) == 413
     with pytest.raises(EngineError) as exc:
-        parse_multipart(body[: len(body) // 2], ctype, max_images=8)
-    assert exc.value.status == 422
+        parse_multipart(body[: len(body) // 2], ctype, LIMITS)
+    assert status_of(exc.value) == 422
     with pytest.raises(EngineError) as exc:
-        parse_multipart(body, "multipart/form-data", max_images=8)
-    assert exc.value.status == 422
+        parse_multipart(body, "multipart/form-data", LIMITS)
+    assert status_of(exc.value) == 422
 
 
 def test_multipart_with_a_flood_of_parts_is_refused_early() -> None:
     """Parts are parsed on the event loop: 100 MB of tiny form fields would stall the server for ~10 s."""
     body, ctype = multipart([b"img"], {f"f{i}": "v" for i in range(64)})
-    images, fields = parse_multipart(body, ctype, max_images=8)  # a few dozen fields are fine
+    images, fields = parse_multipart(body, ctype, LIMITS)  # a few dozen fields are fine
     assert images == [b"img"] and len(fields) == 64
     boundary = ctype.split("boundary=")[1].encode()
     part = b"--" + boundary + b'\r\nContent-Disposition: form-data; name="f"\r\n\r\nv\r\n'
@@ -201,8 +206,8 @@ def test_multipart_with_a_flood_of_parts_is_refused_early() -> None:
     flood = head + part * 1_000_000 + b"--" + boundary + b"--\r\n"  # ~70 MB: seconds to parse whole
     start = time.perf_counter()
     with pytest.raises(EngineError) as exc:
-        parse_multipart(flood, ctype, max_images=8)
-    assert exc.value.status == 422 and "parts" in exc.value.detail
+        parse_multipart(flood, ctype, LIMITS)
+    assert status_of(exc.value) == 422 and "parts" in exc.value.detail
     assert time.perf_counter() - start < 2  # stopped at the limit, not after the whole body
 
 
@@ -401,7 +406,7 @@ def test_decompression_bomb_is_refused_from_the_header(monkeypatch: pytest.Monke
 def test_garbage_is_an_image_error(data: bytes) -> None:
     with pytest.raises(ImageError) as exc:
         decode_image(data, manifest(), 10**8)
-    assert exc.value.status == 400
+    assert status_of(exc.value) == 400
 
 
 def test_truncated_jpeg_is_an_image_error(photos: dict[str, Path]) -> None:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from simpool_serve.service.engine.errors import INFERENCE_FAILED, EngineError, Kind, unavailable
+from simpool_serve.service.engine.errors import INFERENCE_FAILED, EngineError, Kind, not_ready, overloaded
 from simpool_serve.service.metrics import Metrics
 
 log = logging.getLogger("simpool_serve.batcher")
@@ -120,7 +120,7 @@ class Batcher:
     def _on_exit(self, task: asyncio.Task[None]) -> None:
         if task.cancelled() or task.exception() is None:
             if self._queue:
-                self._fail_queued(unavailable(f"model {self.model!r} stopped", "stopped"))
+                self._fail_queued(not_ready(f"model {self.model!r} stopped", "stopped"))
             return
         # Should never happen (each batch's errors are caught), but if it does, nobody waits forever
         # and /readyz reports the model as not serving.
@@ -139,9 +139,9 @@ class Batcher:
     def reserve(self, n: int) -> None:
         """Admits `n` images before they are decoded, or refuses with 503 when the queue is full."""
         if not self.alive or self._closing:
-            raise unavailable(f"model {self.model!r} is not serving", "not_ready")
+            raise not_ready(f"model {self.model!r} is not serving")
         if self._reserved + len(self._queue) + n > self.max_queue:
-            raise unavailable(f"queue of model {self.model!r} is full, retry later", "queue_full")
+            raise overloaded(f"queue of model {self.model!r} is full, retry later")
         self._reserved += n
 
     def release(self, n: int) -> None:
@@ -159,7 +159,7 @@ class Batcher:
             job.future.set_result(job.results)
             return job
         if not self.alive:
-            job.future.set_exception(unavailable(f"model {self.model!r} is not serving", "not_ready"))
+            job.future.set_exception(not_ready(f"model {self.model!r} is not serving"))
             return job
         if not self._batches and not self._queue:
             self._run_now = True

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from simpool_serve.service.engine.limits import Limits, image_bytes_message
 from simpool_serve.service.engine.preprocess import (
     Geometry,
     ImageError,
@@ -35,7 +36,7 @@ def payload_bytes(payload: Payload, max_bytes: int) -> bytes:
     """The encoded image: raw bytes as sent, or base64 text (plain or a data URI) decoded."""
     if isinstance(payload, bytes):
         if len(payload) > max_bytes:
-            raise ImageTooLarge(f"image of {len(payload)} bytes is over the limit of {max_bytes}")
+            raise ImageTooLarge(image_bytes_message(len(payload), max_bytes))
         return payload
     text = payload
     if text[:5].lower() == "data:":  # RFC 2397: the scheme and ";base64" are case-insensitive
@@ -46,13 +47,13 @@ def payload_bytes(payload: Payload, max_bytes: int) -> bytes:
         raise ImageError("URLs are not fetched; send the image bytes (base64, a data URI or a file part)")
     text = text.translate(_WHITESPACE)  # line-wrapped base64 (MIME, `base64` tool) is accepted
     if len(text) // 4 * 3 > max_bytes + 3:  # refused before decoding; exact below
-        raise ImageTooLarge(f"image of about {len(text) // 4 * 3} bytes is over the limit of {max_bytes}")
+        raise ImageTooLarge(image_bytes_message(len(text) // 4 * 3, max_bytes, about=True))
     try:
         data = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise ImageError(f"invalid base64 ({exc})") from exc
     if len(data) > max_bytes:
-        raise ImageTooLarge(f"image of {len(data)} bytes is over the limit of {max_bytes}")
+        raise ImageTooLarge(image_bytes_message(len(data), max_bytes))
     return data
 
 
@@ -60,16 +61,15 @@ def payload_bytes(payload: Payload, max_bytes: int) -> bytes:
 class Decoder:
     """The decode stage with the service's limits; its methods run in the decode pool."""
 
-    max_image_bytes: int
-    max_image_pixels: int
+    limits: Limits
     jpeg_draft: bool
     metrics: Metrics
 
     def pixels(self, payload: Payload, manifest: Manifest, model: str) -> tuple[np.ndarray, Geometry]:
         """The model's pixels, and where their crop lies on the upright original (for boxes)."""
         start = time.perf_counter()
-        data = payload_bytes(payload, self.max_image_bytes)
-        out = decode(data, manifest, self.max_image_pixels, draft=self.jpeg_draft)
+        data = payload_bytes(payload, self.limits.max_image_bytes)
+        out = decode(data, manifest, self.limits.max_image_pixels, draft=self.jpeg_draft)
         self.metrics.stage_duration.labels(model, "decode").observe(time.perf_counter() - start)
         return out
 
@@ -78,8 +78,8 @@ class Decoder:
     ) -> tuple[np.ndarray, Image.Image, Geometry]:
         """For an overlay: the pixels, and the upright original they were cut from (no draft decoding)."""
         start = time.perf_counter()
-        data = payload_bytes(payload, self.max_image_bytes)
-        original = load_original(data, self.max_image_pixels)
+        data = payload_bytes(payload, self.limits.max_image_bytes)
+        original = load_original(data, self.limits.max_image_pixels)
         width, height = original.size
         pixels = prepare(original, original.size, (0.0, 0.0, float(width), float(height)), manifest)
         self.metrics.stage_duration.labels(model, "decode").observe(time.perf_counter() - start)

@@ -2,9 +2,10 @@
 
 Every door (the REST API, the Open Inference Protocol, the OpenAI route, `simpool-embed --local`)
 calls one `Engine`, so their images share one repository, one decode pool, one batcher per model
-and one set of limits. A request goes: `model(name)` (404, or 503 while loading) → `run(...)`:
-admission (queue places, 503 when full) → decode (the pool, a few images of a request at a time) →
-the model's batcher → wait (its deadline: 504; the client leaving: 499) → an `Answer`.
+and one set of limits. A request goes: `model(name)` (NOT_FOUND, or NOT_READY while loading) →
+`run(model, Call(...))`: admission (queue places, OVERLOADED when full) → decode (the pool, a few
+images of a request at a time) → the model's batcher → wait (its deadline: TIMEOUT; the client
+leaving: DISCONNECTED) → an `Answer`.
 """
 
 from __future__ import annotations
@@ -21,15 +22,15 @@ from typing import Literal, TypeVar
 import numpy as np
 
 from simpool_serve.service.engine.batcher import Job, Outputs
+from simpool_serve.service.engine.config import EngineConfig
 from simpool_serve.service.engine.decode import Decoder, Payload
-from simpool_serve.service.engine.errors import EngineError, Kind, unavailable
+from simpool_serve.service.engine.errors import EngineError, Kind, not_ready
 from simpool_serve.service.engine.models import LoadedModel, ModelFolder, default_model, discover, load_model
 from simpool_serve.service.engine.overlay import attention_png
 from simpool_serve.service.engine.plan import ThreadPlan
 from simpool_serve.service.engine.preprocess import Geometry, ImageError, own_pixel_limit
 from simpool_serve.service.engine.runner import OnnxRunner, RunnerFactory
 from simpool_serve.service.metrics import Metrics
-from simpool_serve.service.settings import Settings
 from simpool_serve.spec import ATTENTION, LOGITS
 
 log = logging.getLogger("simpool_serve.engine")
@@ -38,6 +39,25 @@ OnError = Literal["fail", "skip"]
 # Called only if the answer is not there at once; returns when the client has gone away.
 Disconnected = Callable[[], Awaitable[object]]
 T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """What a door asks of the engine: encoded `images` (decoded here) or ready `pixels` (uint8
+    [N, S, S, 3], fed to the graph as they are), exactly one of the two; the outputs each image's
+    answer must hold; and whether a bad image fails the request (`fail`) or is skipped (`skip`)."""
+
+    images: Sequence[Payload] | None = None
+    pixels: np.ndarray | None = None
+    outputs: Collection[str] = ()
+    on_error: OnError = "fail"
+
+    @property
+    def count(self) -> int:
+        """How many images the call holds."""
+        if self.images is not None:
+            return len(self.images)
+        return len(self.pixels) if self.pixels is not None else 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,27 +85,26 @@ class Engine:
 
     def __init__(
         self,
-        settings: Settings,
+        config: EngineConfig,
         metrics: Metrics,
         folders: Mapping[str, ModelFolder],
         default: str,
         runner_factory: RunnerFactory = OnnxRunner,
     ) -> None:
-        self.settings = settings
+        self.config = config
+        self.limits = config.limits
         self._runner_factory = runner_factory
         self.metrics = metrics
         self.folders: Mapping[str, ModelFolder] = MappingProxyType(dict(folders))
         self.default = default
-        self.plan = ThreadPlan.resolve(settings)
+        self.plan = ThreadPlan.resolve(config)
         plan = self.plan
         # Shared: the one pool runs decoding and inference (see Settings.shared_compute_pool).
         self._pool = ThreadPoolExecutor(
             plan.decode_workers, thread_name_prefix="compute" if plan.shared_pool else "decode"
         )
         self._model_pools: list[ThreadPoolExecutor] = []  # each model's inference threads, if not shared
-        self._decoder = Decoder(
-            settings.max_image_bytes, settings.max_image_pixels, settings.jpeg_draft, metrics
-        )
+        self._decoder = Decoder(self.limits, config.jpeg_draft, metrics)
         # One request decodes at most this many of its images at once, so the pool's queue interleaves
         # requests: a 64-image request of 50-megapixel PNGs made a lone image wait 15.7 s when all 64 were
         # queued ahead of it; now it waits for at most one decode.
@@ -109,12 +128,12 @@ class Engine:
         )
 
     @classmethod
-    def from_settings(
-        cls, settings: Settings, metrics: Metrics, runner_factory: RunnerFactory = OnnxRunner
+    def from_config(
+        cls, config: EngineConfig, metrics: Metrics, runner_factory: RunnerFactory = OnnxRunner
     ) -> Engine:
-        """The engine of `settings.model_dir`; raises `ManifestError` for a broken repository."""
-        folders = discover(settings.model_dir)
-        return cls(settings, metrics, folders, default_model(folders, settings.default_model), runner_factory)
+        """The engine of `config.model_dir`; raises `ManifestError` for a broken repository."""
+        folders = discover(config.model_dir)
+        return cls(config, metrics, folders, default_model(folders, config.default_model), runner_factory)
 
     # -- models and readiness --------------------------------------------------------------------
 
@@ -136,7 +155,7 @@ class Engine:
                     executor = ThreadPoolExecutor(self.plan.lanes, thread_name_prefix=f"infer-{folder.name}")
                     self._model_pools.append(executor)
                 model = await load_model(
-                    folder, self.settings, self.plan, self.metrics, executor, self._runner_factory
+                    folder, self.config, self.plan, self.metrics, executor, self._runner_factory
                 )
                 self._models[folder.name] = model
         except Exception as exc:
@@ -158,7 +177,7 @@ class Engine:
         dead = [m.name for m in self._models.values() if not m.batcher.alive]
         if dead:
             return f"models not serving: {dead}"
-        limit = self.settings.unready_after_failed_batches
+        limit = self.config.unready_after_failed_batches
         failing = [m.batcher for m in self._models.values() if limit and m.batcher.failed_in_a_row >= limit]
         if failing:
             return "; ".join(
@@ -169,13 +188,14 @@ class Engine:
         return None
 
     def model(self, name: str | None) -> LoadedModel:
-        """The model named (None: the default); 404 when the repository has none, 503 while it loads."""
+        """The model named (None: the default); NOT_FOUND when the repository has none, NOT_READY while
+        it loads."""
         wanted = self.default if name is None else name
         model = self._models.get(wanted)
         if model is not None:
             return model
         if wanted in self.folders:
-            raise unavailable(f"model {wanted!r} is still loading", "not_ready", retry_after_s=5)
+            raise not_ready(f"model {wanted!r} is still loading", retry_after_s=5)
         shown = wanted if len(wanted) <= 100 else f"{wanted[:100]}..."  # not echoed whole
         raise EngineError(
             Kind.NOT_FOUND, f"unknown model {shown!r}; served: {sorted(self.folders)}", "unknown_model"
@@ -183,31 +203,29 @@ class Engine:
 
     def deadline(self) -> float:
         """The deadline (event-loop time) of a request starting now: `request_timeout_s` from now."""
-        return asyncio.get_running_loop().time() + self.settings.request_timeout_s
+        return asyncio.get_running_loop().time() + self.config.request_timeout_s
 
     # -- requests --------------------------------------------------------------------------------
 
     async def run(
         self,
         model: LoadedModel,
+        call: Call,
         *,
-        images: Sequence[Payload] | None = None,
-        pixels: np.ndarray | None = None,
         deadline: float,
-        outputs: Collection[str] = (),
-        on_error: OnError = "fail",
         disconnected: Disconnected | None = None,
     ) -> Answer:
-        """Runs encoded `images` (decoded and preprocessed here) or preprocessed `pixels` (uint8
-        [N, S, S, 3], fed to the graph as they are) through `model`; exactly one of the two.
+        """Runs `call`'s images through `model`, by `deadline` (event-loop time).
 
-        Every image's outputs hold at least those named in `outputs` (a model without one of them is
-        refused, 422). With `on_error="fail"` the first bad image fails the request (400/413 naming its
-        index); with `"skip"` it is answered `None` and listed in `Answer.failures`.
+        Every image's outputs hold at least those named in `call.outputs` (a model without one of them
+        is refused, INVALID). With `on_error="fail"` the first bad image fails the request (BAD_IMAGE or
+        TOO_LARGE naming its index); with `"skip"` it is answered `None` and listed in
+        `Answer.failures`.
         """
+        images, pixels, on_error = call.images, call.pixels, call.on_error
         if (images is None) == (pixels is None):
             raise EngineError(Kind.INVALID, "send either encoded images or pixels, not both", "malformed")
-        self._check_outputs(model, outputs)
+        self._check_outputs(model, call.outputs)
         if pixels is not None:
             rows: list[np.ndarray | None] = self._pixel_rows(model, pixels)
             self._admit(model, len(rows))
@@ -300,12 +318,9 @@ class Engine:
         return list(pixels)
 
     def _admit(self, model: LoadedModel, n: int) -> None:
-        """Refuses a request larger than a request or the queue may be (413), then takes its places."""
-        limit = self.settings.max_images_per_request
-        if n > limit:
-            raise EngineError(
-                Kind.TOO_LARGE, f"{n} images in one request, over the limit of {limit}", "too_many_images"
-            )
+        """Refuses a request larger than a request or the queue may be (TOO_LARGE), then takes its places
+        (OVERLOADED when the queue is full)."""
+        self.limits.check_images(n)
         batcher = model.batcher
         if n > batcher.max_queue:
             raise EngineError(
@@ -378,7 +393,7 @@ class Engine:
                 if gone is not None and gone.done() and not gone.cancelled():
                     raise EngineError(Kind.DISCONNECTED, "client closed the connection", "disconnected")
                 raise EngineError(
-                    Kind.TIMEOUT, f"request deadline of {self.settings.request_timeout_s} s passed", "timeout"
+                    Kind.TIMEOUT, f"request deadline of {self.config.request_timeout_s} s passed", "timeout"
                 )
         return job.future.result()
 

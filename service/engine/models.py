@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 
 from simpool_serve.service.engine.batcher import Batcher
+from simpool_serve.service.engine.config import EngineConfig
 from simpool_serve.service.engine.plan import ThreadPlan
 from simpool_serve.service.engine.providers import ProviderOptions
 from simpool_serve.service.engine.runner import OnnxRunner, Runner, RunnerFactory
 from simpool_serve.service.engine.verify import open_verified
 from simpool_serve.service.metrics import Metrics
-from simpool_serve.service.settings import Settings
 from simpool_serve.spec import LOGITS, Manifest, ManifestError, fingerprint, load_manifest
 
 log = logging.getLogger("simpool_serve.models")
@@ -104,25 +104,23 @@ class LoadedModel:
 
 
 def _open_and_warm(
-    folder: ModelFolder, settings: Settings, plan: ThreadPlan, factory: RunnerFactory
+    folder: ModelFolder, config: EngineConfig, plan: ThreadPlan, factory: RunnerFactory
 ) -> tuple[Runner, Runner | None, int]:
     """In an inference thread: verify the graph, create the session(s), run each at every batch size."""
     size = folder.manifest.input_size
-    options = ProviderOptions.from_settings(settings, size, plan.accelerator_batch_size)
+    options = ProviderOptions.from_config(config, size, plan.accelerator_batch_size)
     runner = open_verified(
         folder.path,
         folder.manifest,
-        settings.providers,
+        config.providers,
         plan.intra_op_threads,
-        settings.ort_spinning,
+        config.ort_spinning,
         options=options,
         factory=factory,
     )
     lane_runner = None
     if plan.lanes > 1:  # the same graph and provider; only the thread count differs
-        lane_runner = factory(
-            folder.path, [runner.provider], plan.lane_threads, settings.ort_spinning, options
-        )
+        lane_runner = factory(folder.path, [runner.provider], plan.lane_threads, config.ort_spinning, options)
     max_batch = plan.batch_size_for(runner.provider)
     for n in range(1, max_batch + 1):
         batch = np.zeros((n, size, size, 3), dtype=np.uint8)
@@ -134,7 +132,7 @@ def _open_and_warm(
 
 async def load_model(
     folder: ModelFolder,
-    settings: Settings,
+    config: EngineConfig,
     plan: ThreadPlan,
     metrics: Metrics,
     executor: Executor,
@@ -144,7 +142,7 @@ async def load_model(
     loop = asyncio.get_running_loop()
     started = loop.time()
     runner, lane_runner, max_batch = await loop.run_in_executor(
-        executor, _open_and_warm, folder, settings, plan, factory
+        executor, _open_and_warm, folder, config, plan, factory
     )
     batcher = Batcher(
         folder.name,
@@ -153,8 +151,8 @@ async def load_model(
         lane_run=lane_runner.run if lane_runner else None,
         lanes=plan.lanes,
         max_batch_size=max_batch,
-        max_delay_s=settings.max_batch_delay_ms / 1000.0,
-        max_queue=settings.max_queue,
+        max_delay_s=config.max_batch_delay_ms / 1000.0,
+        max_queue=config.max_queue,
         metrics=metrics,
     )
     batcher.start()

@@ -1,6 +1,6 @@
-"""The thread budget, worked out once from the settings and the cores, then only read.
+"""The thread budget, worked out once from the engine's configuration and the cores, then only read.
 
-The rules live in `Settings` (`resolved_*`, each explained there); the plan applies them once, in the
+The rules live in `EngineConfig` (`resolved_*`, each explained there); the plan applies them once, in the
 event loop's thread (`available_cores()` reads the calling thread's affinity, which a pool thread need
 not share), so that pools, sessions and batchers all size themselves from the same numbers.
 """
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from simpool_serve.service.engine.config import EngineConfig, available_cores
 from simpool_serve.service.engine.runner import CPU, CUDA, choose_providers
-from simpool_serve.service.settings import Settings, available_cores
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,22 +26,22 @@ class ThreadPlan:
     accelerator_batch_size: int  # ... and on any other provider
 
     @classmethod
-    def resolve(cls, settings: Settings) -> ThreadPlan:
-        gpu = choose_providers(settings.providers)[0] != CPU
-        lanes = settings.resolved_inference_lanes(gpu=gpu)
-        shared = settings.shared_compute_pool(gpu=gpu)
-        workers = settings.resolved_decode_workers(gpu=gpu)
+    def resolve(cls, config: EngineConfig) -> ThreadPlan:
+        gpu = choose_providers(config.providers)[0] != CPU
+        lanes = config.resolved_inference_lanes(gpu=gpu)
+        shared = config.shared_compute_pool(gpu=gpu)
+        workers = config.resolved_decode_workers(gpu=gpu)
         return cls(
             cores=available_cores(),
             gpu=gpu,
             # Shared: one thread per core-sized job, decode or inference.
             decode_workers=max(workers, lanes) if shared else workers,
-            intra_op_threads=settings.resolved_intra_op_threads(gpu=gpu),
+            intra_op_threads=config.resolved_intra_op_threads(gpu=gpu),
             lanes=lanes,
-            lane_threads=settings.lane_threads(gpu=gpu),
+            lane_threads=config.lane_threads(gpu=gpu),
             shared_pool=shared,
-            cpu_batch_size=settings.resolved_max_batch_size(CPU),
-            accelerator_batch_size=settings.resolved_max_batch_size(CUDA),
+            cpu_batch_size=config.resolved_max_batch_size(CPU),
+            accelerator_batch_size=config.resolved_max_batch_size(CUDA),
         )
 
     def batch_size_for(self, provider: str) -> int:

@@ -44,10 +44,6 @@ class ImageError(ValueError):
     kind = Kind.BAD_IMAGE
     reason = "bad_image"  # the failure metric's label
 
-    @property
-    def status(self) -> int:
-        return self.kind.status
-
 
 class ImageTooLarge(ImageError):
     kind = Kind.TOO_LARGE
@@ -85,7 +81,8 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
     width, height = img.size
     if width * height > max_pixels:
         raise ImageTooLarge(
-            f"image is {width}×{height} = {width * height} pixels, over the limit of {max_pixels}"
+            f"image is {width}×{height} = {width * height} pixels, over the limit of {max_pixels} "
+            "(SIMPOOL_MAX_IMAGE_PIXELS)"
         )
     if width < 1 or height < 1:
         raise ImageError("image is empty")

@@ -19,8 +19,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from simpool_serve.service.settings import Settings
+if TYPE_CHECKING:
+    from simpool_serve.service.engine.config import EngineConfig
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -30,7 +32,7 @@ TRT_CACHE_DIR = "trt_cache"  # inside the model folder
 
 @dataclass(frozen=True)
 class ProviderOptions:
-    """The accelerator knobs of Settings, plus what a model contributes (input side, largest batch)."""
+    """The accelerator knobs of `EngineConfig`, plus what a model contributes (input side, largest batch)."""
 
     device_id: int = 0
     cudnn_conv_algo_search: str = "HEURISTIC"
@@ -42,14 +44,14 @@ class ProviderOptions:
     max_batch: int = 1
 
     @classmethod
-    def from_settings(cls, settings: Settings, input_size: int, max_batch: int) -> ProviderOptions:
+    def from_config(cls, config: EngineConfig, input_size: int, max_batch: int) -> ProviderOptions:
         return cls(
-            device_id=settings.cuda_device_id,
-            cudnn_conv_algo_search=settings.cuda_conv_algo_search,
-            gpu_mem_limit_mb=settings.cuda_mem_limit_mb,
-            trt_fp16=settings.trt_fp16,
-            trt_cache=settings.trt_cache,
-            io_binding=settings.io_binding,
+            device_id=config.cuda_device_id,
+            cudnn_conv_algo_search=config.cuda_conv_algo_search,
+            gpu_mem_limit_mb=config.cuda_mem_limit_mb,
+            trt_fp16=config.trt_fp16,
+            trt_cache=config.trt_cache,
+            io_binding=config.io_binding,
             input_size=input_size,
             max_batch=max(1, max_batch),
         )

@@ -21,8 +21,10 @@ from pydantic import ValidationError
 
 from simpool_serve.service.encoding import finite_rows
 from simpool_serve.service.engine.errors import EngineError, Kind
+from simpool_serve.service.engine.limits import Limits
 from simpool_serve.service.oip.schemas import InferenceRequest, RequestInput
-from simpool_serve.service.parsing import describe
+from simpool_serve.service.refusals import unsupported_media
+from simpool_serve.service.validation import describe
 
 IMAGES, PIXELS = "images", "pixels"
 _LENGTH = struct.Struct("<I")
@@ -79,23 +81,21 @@ class InferRequest:
 # -- request ---------------------------------------------------------------------------------------
 
 
-def inflate(body: bytes, content_encoding: str | None, limit: int) -> bytes:
+def inflate(body: bytes, content_encoding: str | None, limits: Limits) -> bytes:
     """A body sent compressed (`Content-Encoding: gzip` or `deflate`, as Triton's clients can), inflated
     to at most `limit` bytes: a small bomb is refused at the limit, not expanded whole."""
     coding = (content_encoding or "identity").strip().lower()
     if coding == "identity":
         return body
     if coding not in ("gzip", "deflate"):
-        detail = f"content encoding {coding!r}: use gzip, deflate or none"
-        raise EngineError(Kind.UNSUPPORTED_MEDIA, detail, "unsupported_media_type")
+        raise unsupported_media(f"content encoding {coding!r}: use gzip, deflate or none")
+    limit = limits.max_request_bytes
     inflater = zlib.decompressobj(wbits=31 if coding == "gzip" else 15)
     try:
         out = inflater.decompress(body, limit + 1)
     except zlib.error as exc:
         raise malformed(f"body is not valid {coding}: {exc}") from None
-    if len(out) > limit:
-        detail = f"inflated request body is over the limit of {limit} bytes"
-        raise EngineError(Kind.TOO_LARGE, detail, "too_large")
+    limits.check_body(len(out))
     return out
 
 
@@ -111,7 +111,7 @@ def header_length(value: str | None, body_size: int) -> int:
     return int(text)
 
 
-def parse_request(body: bytes, json_length: int, max_images: int) -> InferRequest:
+def parse_request(body: bytes, json_length: int, limits: Limits) -> InferRequest:
     """Validates the JSON header and cuts the binary tensors out of the rest of the body."""
     try:
         req = InferenceRequest.model_validate_json(body[:json_length])
@@ -134,9 +134,9 @@ def parse_request(body: bytes, json_length: int, max_images: int) -> InferReques
     if size is None and len(raw):
         raise malformed(f"{len(raw)} bytes follow the JSON header, but no input declares binary_data_size")
     if tensor_in.name == IMAGES:
-        tensor: Images | Pixels = _images(tensor_in, raw if size is not None else None, max_images)
+        tensor: Images | Pixels = _images(tensor_in, raw if size is not None else None, limits)
     elif tensor_in.name == PIXELS:
-        tensor = _pixels(tensor_in, raw if size is not None else None, max_images)
+        tensor = _pixels(tensor_in, raw if size is not None else None, limits)
     else:
         raise malformed(f"unknown input {tensor_in.name!r}: use {IMAGES!r} (BYTES) or {PIXELS!r} (UINT8)")
     outputs = None
@@ -171,25 +171,22 @@ def _binary_size(tensor: RequestInput) -> int | None:
     return size
 
 
-def _count(tensor: RequestInput, max_images: int) -> int:
+def _count(tensor: RequestInput, limits: Limits) -> int:
     if any(d < 0 for d in tensor.shape):
         raise malformed(f"input {tensor.name!r}: shape {tensor.shape} has a negative dimension")
     n = tensor.shape[0] if tensor.shape else 0
     if n < 1:
         raise malformed(f"input {tensor.name!r}: shape {tensor.shape} holds no image")
-    if n > max_images:
-        raise EngineError(
-            Kind.TOO_LARGE, f"{n} images in one request, over the limit of {max_images}", "too_many_images"
-        )
+    limits.check_images(n)
     return n
 
 
-def _images(tensor: RequestInput, raw: memoryview | None, max_images: int) -> Images:
+def _images(tensor: RequestInput, raw: memoryview | None, limits: Limits) -> Images:
     if tensor.datatype != "BYTES":
         raise malformed(f"input {IMAGES!r} must be BYTES (encoded image files), not {tensor.datatype}")
     if len(tensor.shape) not in (1, 2) or (len(tensor.shape) == 2 and tensor.shape[1] != 1):
         raise malformed(f"input {IMAGES!r} must have shape [N] or [N, 1], got {tensor.shape}")
-    n = _count(tensor, max_images)
+    n = _count(tensor, limits)
     if raw is not None:
         payloads: list[bytes | str] = list(deserialize_bytes(raw, n))
     else:
@@ -224,12 +221,12 @@ def _flatten(data: list[Any]) -> list[Any]:
     return out
 
 
-def _pixels(tensor: RequestInput, raw: memoryview | None, max_images: int) -> Pixels:
+def _pixels(tensor: RequestInput, raw: memoryview | None, limits: Limits) -> Pixels:
     if tensor.datatype != "UINT8":
         raise malformed(f"input {PIXELS!r} must be UINT8, not {tensor.datatype}")
     if len(tensor.shape) != 4 or tensor.shape[3] != 3 or tensor.shape[1] != tensor.shape[2]:
         raise malformed(f"input {PIXELS!r} must have shape [N, S, S, 3], got {tensor.shape}")
-    _count(tensor, max_images)
+    _count(tensor, limits)
     want = int(np.prod(tensor.shape))
     if raw is not None:
         if len(raw) != want:

@@ -1,14 +1,13 @@
 """The Open Inference Protocol door (KServe v2 / Triton HTTP), translated onto the engine.
 
-An inference goes: `engine.model(m)` → the body (request limits, deadline) → `codec.parse_request`
-→ `engine.run(images=... | pixels=...)` → `codec.encode_response`. Decoding, batching, limits and the
-API key are the engine's and the app's, exactly as for REST; this module only translates. Errors
-leave as `{"error": "..."}` (the app's error handlers, by path prefix).
+An inference is an `InferDoor` on the door path (`service/door.py`): the body (the engine's limits,
+the deadline) → `codec.parse_request` → `engine.model(m)` → `engine.run` → `codec.encode_response`.
+Decoding, batching, limits and the API key are the engine's and the app's, exactly as for REST; this
+module only translates. Errors leave as `{"error": "..."}` (the app's error handlers, by path prefix).
 """
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import numpy as np
@@ -17,7 +16,10 @@ from fastapi.responses import JSONResponse, Response
 
 from simpool_serve import __version__
 from simpool_serve.service import encoding
-from simpool_serve.service.engine import Engine, EngineError, Kind, LoadedModel
+from simpool_serve.service.door import Door
+from simpool_serve.service.engine import Answer, Call, Engine, EngineError, Kind, LoadedModel
+from simpool_serve.service.http_door import read_body, serve_http
+from simpool_serve.service.http_status import Failure
 from simpool_serve.service.oip import codec
 from simpool_serve.service.oip.model_config import PLATFORM, triton_config
 from simpool_serve.service.oip.schemas import (
@@ -30,8 +32,7 @@ from simpool_serve.service.oip.schemas import (
     Ready,
     ServerMetadata,
 )
-from simpool_serve.service.parsing import read_body
-from simpool_serve.service.routes.deps import Authorized, EngineDep, MetricsDep, RecordDep, client_gone
+from simpool_serve.service.routes.deps import Authorized, EngineDep
 from simpool_serve.spec import ATTENTION, EMBEDDING, LOGITS
 
 PREFIX = "/v2"
@@ -43,7 +44,7 @@ router = APIRouter(prefix=PREFIX, dependencies=[Authorized], tags=["Open Inferen
 probes = APIRouter(prefix=PREFIX, tags=["Open Inference Protocol"])  # open, like /healthz and /readyz
 
 
-def error_shape(status: int, detail: str, error: EngineError | None) -> dict[str, Any]:
+def error_shape(status: int, detail: str, error: Failure | None) -> dict[str, Any]:
     """The protocol's error body; Triton's and KServe's clients raise with its `error` as the message."""
     return {"error": detail}
 
@@ -53,14 +54,18 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _model(engine: Engine, name: str, version: str | None) -> LoadedModel:
-    model = engine.model(name)
+def _check_version(model: LoadedModel, version: str | None) -> None:
     if version is not None and version != VERSION:
         raise EngineError(
             Kind.NOT_FOUND,
             f"model {model.name!r} has no version {version!r}; it has {VERSION!r}",
             "unknown_model",
         )
+
+
+def _model(engine: Engine, name: str, version: str | None) -> LoadedModel:
+    model = engine.model(name)
+    _check_version(model, version)
     return model
 
 
@@ -139,6 +144,41 @@ def _tensor(outputs: list[dict[str, np.ndarray] | None], name: str, normalize: b
     return np.stack([o[name] for o in outputs if o is not None])
 
 
+class InferDoor(Door[codec.InferRequest, Response]):
+    """`POST /v2/models/{m}/infer`: JSON tensors or binary tensor data in and out."""
+
+    def __init__(self, request: Request, model: str, version: str | None) -> None:
+        self.request = request
+        self.model = model
+        self.version = version
+
+    async def read(self, engine: Engine, deadline: float) -> codec.InferRequest:
+        headers = self.request.headers
+        body = await read_body(self.request, engine.limits, deadline)
+        body = codec.inflate(body, headers.get("content-encoding"), engine.limits)
+        json_length = codec.header_length(headers.get(HEADER_LENGTH), len(body))
+        return codec.parse_request(body, json_length, engine.limits)
+
+    def model_name(self, req: codec.InferRequest) -> str:
+        return self.model
+
+    def call(self, req: codec.InferRequest, model: LoadedModel) -> Call:
+        _check_version(model, self.version)
+        outputs = [c.name for c in req.choose_outputs(model.output_names)]
+        tensor = req.tensor
+        if isinstance(tensor, codec.Images):
+            return Call(images=tensor.payloads, outputs=outputs)
+        return Call(pixels=tensor.array, outputs=outputs)
+
+    def encode(self, req: codec.InferRequest, model: LoadedModel, result: Answer) -> Response:
+        choices = req.choose_outputs(model.output_names)
+        tensors = [(c, _tensor(result.outputs, c.name, req.normalize)) for c in choices]
+        content, header = codec.encode_response(model.name, req.id, model.fingerprint, tensors)
+        if header is None:
+            return Response(content, media_type="application/json")
+        return Response(content, media_type="application/octet-stream", headers={HEADER_LENGTH: str(header)})
+
+
 @router.post(
     "/models/{model}/infer",
     summary="Inference",
@@ -157,39 +197,5 @@ def _tensor(outputs: list[dict[str, np.ndarray] | None], name: str, normalize: b
     },
 )
 @router.post("/models/{model}/versions/{version}/infer", include_in_schema=False)
-async def infer(
-    request: Request,
-    engine: EngineDep,
-    metrics: MetricsDep,
-    record: RecordDep,
-    model: str,
-    version: str | None = None,
-) -> Response:
-    deadline = engine.deadline()
-    settings = engine.settings
-    # The body is read whole before any answer, even a 404: a client still sending it would see its
-    # connection reset instead of the error.
-    body = await read_body(request, settings.max_request_bytes, deadline)
-    served = _model(engine, model, version)
-    record.model = served.name
-    body = codec.inflate(body, request.headers.get("content-encoding"), settings.max_request_bytes)
-    json_length = codec.header_length(request.headers.get(HEADER_LENGTH), len(body))
-    req = codec.parse_request(body, json_length, settings.max_images_per_request)
-    record.images = req.count
-    choices = req.choose_outputs(served.output_names)
-    tensor = req.tensor
-    answer = await engine.run(
-        served,
-        images=tensor.payloads if isinstance(tensor, codec.Images) else None,
-        pixels=tensor.array if isinstance(tensor, codec.Pixels) else None,
-        deadline=deadline,
-        outputs=[c.name for c in choices],
-        disconnected=lambda: client_gone(request),
-    )
-    start = time.perf_counter()
-    tensors = [(c, _tensor(answer.outputs, c.name, req.normalize)) for c in choices]
-    content, header = codec.encode_response(served.name, req.id, served.fingerprint, tensors)
-    metrics.stage_duration.labels(served.name, "encode").observe(time.perf_counter() - start)
-    if header is None:
-        return Response(content, media_type="application/json")
-    return Response(content, media_type="application/octet-stream", headers={HEADER_LENGTH: str(header)})
+async def infer(request: Request, engine: EngineDep, model: str, version: str | None = None) -> Response:
+    return await serve_http(request, engine, InferDoor(request, model, version))

@@ -1,6 +1,6 @@
-"""What a route gets from the app, as FastAPI dependencies: the engine, the metrics, its request record.
+"""What a route gets from the app, as FastAPI dependencies: the engine, the metrics, the settings.
 
-    async def route(engine: EngineDep, record: RecordDep) -> ...
+    async def route(engine: EngineDep) -> ...
 
 Each is `async def`: FastAPI runs a plain `def` dependency in a worker thread, a thread hop per
 dependency per request (as `def`, they cost the event loop 2.27 instead of 1.92 ms of CPU per
@@ -16,7 +16,6 @@ from fastapi import Depends, Request
 from simpool_serve.service.auth import require_key, settings_of
 from simpool_serve.service.engine import Engine
 from simpool_serve.service.metrics import Metrics
-from simpool_serve.service.observe import RequestRecord, request_record
 from simpool_serve.service.settings import Settings
 
 
@@ -30,20 +29,8 @@ async def metrics_of(request: Request) -> Metrics:
     return metrics
 
 
-async def client_gone(request: Request) -> None:
-    """Returns when the client goes away, for `Engine.run(disconnected=lambda: client_gone(request))`.
-
-    Only once the body has been read: the next message is then the disconnect.
-    """
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            return
-
-
 EngineDep = Annotated[Engine, Depends(engine_of)]
 MetricsDep = Annotated[Metrics, Depends(metrics_of)]
 SettingsDep = Annotated[Settings, Depends(settings_of)]
-RecordDep = Annotated[RequestRecord, Depends(request_record)]
 # For a router's `dependencies=`: 401 without the API key (when one is set).
 Authorized = Depends(require_key)

@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from simpool_serve.service import encoding
-from simpool_serve.service.engine import unavailable
+from simpool_serve.service.engine import not_ready
 from simpool_serve.service.routes.deps import Authorized, EngineDep, MetricsDep
 from simpool_serve.service.schemas import ErrorOut, ModelsOut, StatusOut, error_responses
 
@@ -25,7 +25,7 @@ probes = APIRouter()  # open, even with an API key: orchestrators probe without 
 async def models(engine: EngineDep) -> Response:
     reason = engine.not_ready_reason()
     if reason is not None:
-        raise unavailable(reason, "not_ready", retry_after_s=5)
+        raise not_ready(reason, retry_after_s=5)
     listing = [
         {
             **m.manifest.model_dump(mode="json"),

@@ -1,13 +1,12 @@
 """The REST door: `POST /embed`, `/attention`, `/classify`, translated onto the engine.
 
-A request goes: `parse_request` (JSON or multipart, request limits) → `engine.model(name)` →
-`engine.run(...)` → the answer, with `model` and `fingerprint`, assembled on one path for the three
-endpoints (`_answer`), which also times its encoding.
+Each endpoint is a `RestDoor` on the door path (`service/door.py`): `parse_request` (JSON or
+multipart, the engine's limits) → the model → `engine.run` → one JSON answer with `model` and
+`fingerprint`, assembled the same way for the three endpoints.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
@@ -15,9 +14,9 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
 from simpool_serve.service import boxes, encoding
-from simpool_serve.service.engine import Answer, Engine, EngineError, Kind, LoadedModel
-from simpool_serve.service.metrics import Metrics
-from simpool_serve.service.observe import RequestRecord
+from simpool_serve.service.door import Door
+from simpool_serve.service.engine import Answer, Call, Disconnected, Engine, EngineError, Kind, LoadedModel
+from simpool_serve.service.http_door import serve_http
 from simpool_serve.service.parsing import (
     AttentionFields,
     AttentionJSON,
@@ -26,11 +25,10 @@ from simpool_serve.service.parsing import (
     EmbedFields,
     EmbedJSON,
     Fields,
-    Limits,
     Parsed,
     parse_request,
 )
-from simpool_serve.service.routes.deps import Authorized, EngineDep, MetricsDep, RecordDep, client_gone
+from simpool_serve.service.routes.deps import Authorized, EngineDep
 from simpool_serve.service.schemas import AttentionOut, ClassifyOut, EmbedOut, error_responses
 from simpool_serve.spec import ATTENTION, EMBEDDING, LOGITS
 
@@ -65,47 +63,67 @@ def _body_doc(json_model: type[Fields], form_model: type[Fields]) -> dict[str, A
     }
 
 
-async def _begin(
-    request: Request, engine: Engine, record: RequestRecord, fields_type: type[Fields]
-) -> tuple[Parsed, LoadedModel, float]:
-    """Parses the request (its deadline starts now) and finds its model, which the record learns."""
-    deadline = engine.deadline()
-    limits = Limits(engine.settings.max_request_bytes, engine.settings.max_images_per_request)
-    parsed = await parse_request(request, fields_type, limits, deadline)
-    model = engine.model(parsed.fields.model)
-    record.model, record.images = model.name, len(parsed.images)
-    return parsed, model, deadline
+class RestDoor(Door[Parsed, Response]):
+    """`/embed`, `/attention` (JSON) and `/classify`: a JSON or multipart body of images and fields in,
+    one JSON answer out with `model`, `fingerprint`, the endpoint's own fields and (with
+    `on_error=skip`) `errors`."""
+
+    def __init__(
+        self,
+        request: Request,
+        fields_type: type[Fields],
+        outputs: tuple[str, ...],
+        fields_of: FieldsOf,
+        fingerprint_header: bool = False,
+    ) -> None:
+        self.request = request
+        self.fields_type = fields_type
+        self.outputs = outputs
+        self.fields_of = fields_of
+        self.fingerprint_header = fingerprint_header
+
+    async def read(self, engine: Engine, deadline: float) -> Parsed:
+        return await parse_request(self.request, self.fields_type, engine.limits, deadline)
+
+    def model_name(self, req: Parsed) -> str | None:
+        return req.fields.model
+
+    def call(self, req: Parsed, model: LoadedModel) -> Call:
+        return Call(images=req.images, outputs=self.outputs, on_error=req.fields.on_error)
+
+    def encode(self, req: Parsed, model: LoadedModel, result: Answer) -> Response:
+        fields = self.fields_of(result, req.fields)
+        payload = {"model": model.name, "fingerprint": model.fingerprint, **fields}
+        if req.fields.on_error == "skip":
+            payload["errors"] = [{"index": f.index, "detail": f.detail} for f in result.failures]
+        headers = {"X-Fingerprint": model.fingerprint} if self.fingerprint_header else None
+        return Response(encoding.json_bytes(payload), media_type="application/json", headers=headers)
 
 
-async def _answer(
-    request: Request,
-    engine: Engine,
-    metrics: Metrics,
-    record: RequestRecord,
-    fields_type: type[Fields],
-    outputs: tuple[str, ...],
-    fields_of: FieldsOf,
-    fingerprint_header: bool = False,
-) -> Response:
-    """The one path of the JSON answers: run the images, then `model`, `fingerprint`, the endpoint's
-    own fields and (with `on_error=skip`) `errors`, encoded and timed as the "encode" stage."""
-    parsed, model, deadline = await _begin(request, engine, record, fields_type)
-    answer = await engine.run(
-        model,
-        images=parsed.images,
-        deadline=deadline,
-        outputs=outputs,
-        on_error=parsed.fields.on_error,
-        disconnected=lambda: client_gone(request),
-    )
-    start = time.perf_counter()
-    payload = {"model": model.name, "fingerprint": model.fingerprint, **fields_of(answer, parsed.fields)}
-    if parsed.fields.on_error == "skip":
-        payload["errors"] = [{"index": f.index, "detail": f.detail} for f in answer.failures]
-    body = encoding.json_bytes(payload)
-    metrics.stage_duration.labels(model.name, "encode").observe(time.perf_counter() - start)
-    headers = {"X-Fingerprint": model.fingerprint} if fingerprint_header else None
-    return Response(body, media_type="application/json", headers=headers)
+class OverlayDoor(RestDoor):
+    """`/attention?format=png`: one image in, its attention drawn over the photograph out, as PNG."""
+
+    def __init__(self, request: Request) -> None:
+        super().__init__(request, AttentionFields, (ATTENTION,), _attention_fields)
+
+    def call(self, req: Parsed, model: LoadedModel) -> Call:
+        if len(req.images) != 1:
+            raise EngineError(Kind.INVALID, "format=png takes exactly one image", "malformed")
+        return super().call(req, model)
+
+    async def run(
+        self,
+        engine: Engine,
+        model: LoadedModel,
+        call: Call,
+        deadline: float,
+        disconnected: Disconnected | None,
+    ) -> bytes:
+        assert call.images is not None
+        return await engine.attention_png(model, call.images[0], deadline=deadline, disconnected=disconnected)
+
+    def encode(self, req: Parsed, model: LoadedModel, result: bytes) -> Response:  # type: ignore[override]
+        return Response(result, media_type="image/png", headers={"X-Fingerprint": model.fingerprint})
 
 
 def _embed_fields(answer: Answer, fields: EmbedFields) -> dict[str, Any]:
@@ -135,8 +153,8 @@ def _classify_fields(answer: Answer, fields: ClassifyFields) -> dict[str, Any]:
     responses=error_responses(*_IMAGE_ERRORS),
     openapi_extra=_body_doc(EmbedJSON, EmbedFields),
 )
-async def embed(request: Request, engine: EngineDep, metrics: MetricsDep, record: RecordDep) -> Response:
-    return await _answer(request, engine, metrics, record, EmbedFields, (EMBEDDING,), _embed_fields)
+async def embed(request: Request, engine: EngineDep) -> Response:
+    return await serve_http(request, engine, RestDoor(request, EmbedFields, (EMBEDDING,), _embed_fields))
 
 
 @router.post(
@@ -155,24 +173,14 @@ async def embed(request: Request, engine: EngineDep, metrics: MetricsDep, record
 async def attention(
     request: Request,
     engine: EngineDep,
-    metrics: MetricsDep,
-    record: RecordDep,
     format: Annotated[
         Literal["json", "png"], Query(description="`png`: a heat-map overlay (one image).")
     ] = "json",
 ) -> Response:
-    if format == "json":
-        fields = AttentionFields
-        return await _answer(
-            request, engine, metrics, record, fields, (ATTENTION,), _attention_fields, fingerprint_header=True
-        )
-    parsed, model, deadline = await _begin(request, engine, record, AttentionFields)
-    if len(parsed.images) != 1:
-        raise EngineError(Kind.INVALID, "format=png takes exactly one image", "malformed")
-    body = await engine.attention_png(
-        model, parsed.images[0], deadline=deadline, disconnected=lambda: client_gone(request)
-    )
-    return Response(body, media_type="image/png", headers={"X-Fingerprint": model.fingerprint})
+    if format == "png":
+        return await serve_http(request, engine, OverlayDoor(request))
+    door = RestDoor(request, AttentionFields, (ATTENTION,), _attention_fields, fingerprint_header=True)
+    return await serve_http(request, engine, door)
 
 
 @router.post(
@@ -185,5 +193,5 @@ async def attention(
     responses=error_responses(*_IMAGE_ERRORS),
     openapi_extra=_body_doc(ClassifyJSON, ClassifyFields),
 )
-async def classify(request: Request, engine: EngineDep, metrics: MetricsDep, record: RecordDep) -> Response:
-    return await _answer(request, engine, metrics, record, ClassifyFields, (LOGITS,), _classify_fields)
+async def classify(request: Request, engine: EngineDep) -> Response:
+    return await serve_http(request, engine, RestDoor(request, ClassifyFields, (LOGITS,), _classify_fields))
