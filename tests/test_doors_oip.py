@@ -34,8 +34,8 @@ def images_input(files: list[bytes], binary: bool = True) -> triton.InferInput:
     return tensor
 
 
-def pixels_input(pixels: np.ndarray, binary: bool = True) -> triton.InferInput:
-    tensor = triton.InferInput("pixels", list(pixels.shape), "UINT8")
+def pixels_input(pixels: np.ndarray, binary: bool = True, name: str = "pixels") -> triton.InferInput:
+    tensor = triton.InferInput(name, list(pixels.shape), "UINT8")
     tensor.set_data_from_numpy(pixels, binary_data=binary)
     return tensor
 
@@ -97,6 +97,8 @@ def test_images_and_pixels_give_the_rest_embedding(
         "images json": client.infer("resnet18", [images_input(files, binary=False)]),
         "pixels binary": client.infer("resnet18", [pixels_input(pixels)]),
         "pixels json": client.infer("resnet18", [pixels_input(pixels, binary=False)]),
+        # The graph's own input, as a client written for Triton serving `--triton-repo` sends it.
+        "images UINT8": client.infer("resnet18", [pixels_input(pixels, name="images")]),
     }
     for how, result in answers.items():
         emb = result.as_numpy("embedding")

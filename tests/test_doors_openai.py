@@ -77,9 +77,17 @@ def test_errors_in_openai_shape(server: Server, photos: dict[str, Path]) -> None
     assert missing.value.code == "model_not_found"
     with pytest.raises(openai.UnprocessableEntityError, match="dimensions"):
         client.embeddings.create(model="resnet18", input=data_uri(photos["coffee.jpg"]), dimensions=8)
-    with server.client() as c:
-        tokens = c.post("/v1/embeddings", json={"model": "resnet18", "input": [[1, 2, 3]]})
-    assert tokens.status_code == 422 and set(tokens.json()["error"]) == {"message", "type", "param", "code"}
+    # Token arrays (LangChain's default) and plain text: 400 saying the model embeds images, and how.
+    for text in ([[1, 2, 3]], [1, 2, 3], "a photo of a cat", ["hello"]):
+        with server.client() as c:
+            answer = c.post("/v1/embeddings", json={"model": "resnet18", "input": text})
+        error = answer.json()["error"]
+        assert answer.status_code == 400 and error["param"] == "input" and error["code"] == "text_input"
+        assert "embed images" in error["message"] and "data:image/jpeg;base64" in error["message"]
+    assert client.models.retrieve("vit_tiny").id == "vit_tiny"
+    with pytest.raises(openai.NotFoundError) as gone:
+        client.models.retrieve("gpt-9")
+    assert gone.value.code == "model_not_found"
 
 
 def test_api_key(keyed_server: Server, photos: dict[str, Path]) -> None:

@@ -63,17 +63,20 @@ def test_images_n_by_1_and_json_strings() -> None:
 
 
 def test_pixels_binary_and_json_give_the_same_array() -> None:
+    """UINT8 `images` (the graph's input, as Triton serving the export takes it) is `pixels` by another
+    name."""
     rng = np.random.default_rng(0)
     px = rng.integers(0, 256, size=(2, 8, 8, 3), dtype=np.uint8)
     arrays = []
-    for binary in (True, False):
-        tensor = triton.InferInput("pixels", list(px.shape), "UINT8")
-        tensor.set_data_from_numpy(px, binary_data=binary)
-        req = parse(*body_of([tensor]))
-        assert isinstance(req.tensor, Pixels)
-        arrays.append(req.tensor.array)
-    np.testing.assert_array_equal(arrays[0], px)
-    np.testing.assert_array_equal(arrays[1], px)
+    for name in ("pixels", "images"):
+        for binary in (True, False):
+            tensor = triton.InferInput(name, list(px.shape), "UINT8")
+            tensor.set_data_from_numpy(px, binary_data=binary)
+            req = parse(*body_of([tensor]))
+            assert isinstance(req.tensor, Pixels)
+            arrays.append(req.tensor.array)
+    for array in arrays:
+        np.testing.assert_array_equal(array, px)
 
 
 def test_outputs_selection_and_per_output_binary() -> None:
@@ -148,7 +151,8 @@ BYTES_1 = {"name": "images", "datatype": "BYTES", "shape": [1]}
         (_json({"inputs": []}), 422, "inputs"),
         (_json({"inputs": [BYTES_1, BYTES_1]}), 422, "exactly one input"),
         (_json({"inputs": [{**BYTES_1, "name": "x", "data": ["a"]}]}), 422, "unknown input 'x'"),
-        (_json({"inputs": [{**BYTES_1, "datatype": "UINT8", "data": [1]}]}), 422, "must be BYTES"),
+        (_json({"inputs": [{**BYTES_1, "datatype": "FP32", "data": [1]}]}), 422, "must be BYTES .* or UINT8"),
+        (_json({"inputs": [{**BYTES_1, "datatype": "UINT8", "data": [1]}]}), 422, r"\[N, S, S, 3\]"),
         (_json({"inputs": [{**BYTES_1, "shape": [1, 2], "data": ["a", "b"]}]}), 422, r"\[N\] or \[N, 1\]"),
         (_json({"inputs": [{**BYTES_1, "shape": [2], "data": ["a"]}]}), 422, "says 2 images"),
         (_json({"inputs": [{**BYTES_1, "shape": [0], "data": []}]}), 422, "holds no image"),

@@ -133,12 +133,15 @@ def parse_request(body: bytes, json_length: int, limits: Limits) -> InferRequest
         )
     if size is None and len(raw):
         raise malformed(f"{len(raw)} bytes follow the JSON header, but no input declares binary_data_size")
-    if tensor_in.name == IMAGES:
-        tensor: Images | Pixels = _images(tensor_in, raw if size is not None else None, limits)
-    elif tensor_in.name == PIXELS:
-        tensor = _pixels(tensor_in, raw if size is not None else None, limits)
+    data = raw if size is not None else None
+    if tensor_in.name == IMAGES and tensor_in.datatype != "UINT8":
+        tensor: Images | Pixels = _images(tensor_in, data, limits)
+    elif tensor_in.name in (IMAGES, PIXELS):  # UINT8 `images` is the graph's input, as Triton takes it
+        tensor = _pixels(tensor_in, data, limits)
     else:
-        raise malformed(f"unknown input {tensor_in.name!r}: use {IMAGES!r} (BYTES) or {PIXELS!r} (UINT8)")
+        raise malformed(
+            f"unknown input {tensor_in.name!r}: use {IMAGES!r} (BYTES files, or UINT8 pixels) or {PIXELS!r}"
+        )
     outputs = None
     if req.outputs is not None:
         outputs = tuple(
@@ -183,7 +186,10 @@ def _count(tensor: RequestInput, limits: Limits) -> int:
 
 def _images(tensor: RequestInput, raw: memoryview | None, limits: Limits) -> Images:
     if tensor.datatype != "BYTES":
-        raise malformed(f"input {IMAGES!r} must be BYTES (encoded image files), not {tensor.datatype}")
+        raise malformed(
+            f"input {IMAGES!r} must be BYTES (encoded image files) or UINT8 [N, S, S, 3], "
+            f"not {tensor.datatype}"
+        )
     if len(tensor.shape) not in (1, 2) or (len(tensor.shape) == 2 and tensor.shape[1] != 1):
         raise malformed(f"input {IMAGES!r} must have shape [N] or [N, 1], got {tensor.shape}")
     n = _count(tensor, limits)
@@ -222,26 +228,27 @@ def _flatten(data: list[Any]) -> list[Any]:
 
 
 def _pixels(tensor: RequestInput, raw: memoryview | None, limits: Limits) -> Pixels:
+    name = tensor.name
     if tensor.datatype != "UINT8":
-        raise malformed(f"input {PIXELS!r} must be UINT8, not {tensor.datatype}")
+        raise malformed(f"input {name!r} must be UINT8, not {tensor.datatype}")
     if len(tensor.shape) != 4 or tensor.shape[3] != 3 or tensor.shape[1] != tensor.shape[2]:
-        raise malformed(f"input {PIXELS!r} must have shape [N, S, S, 3], got {tensor.shape}")
+        raise malformed(f"input {name!r} must have shape [N, S, S, 3], got {tensor.shape}")
     _count(tensor, limits)
     want = int(np.prod(tensor.shape))
     if raw is not None:
         if len(raw) != want:
-            raise malformed(f"input {PIXELS!r}: shape {tensor.shape} needs {want} bytes, got {len(raw)}")
+            raise malformed(f"input {name!r}: shape {tensor.shape} needs {want} bytes, got {len(raw)}")
         return Pixels(np.frombuffer(raw, dtype=np.uint8).reshape(tensor.shape))
     if tensor.data is None:
-        raise malformed(f"input {PIXELS!r} has neither data nor binary_data_size")
+        raise malformed(f"input {name!r} has neither data nor binary_data_size")
     try:
         values = np.asarray(tensor.data)
     except ValueError:
-        raise malformed(f"input {PIXELS!r}: data is not a regular array") from None
+        raise malformed(f"input {name!r}: data is not a regular array") from None
     if values.size != want or values.dtype.kind not in "iu":
-        raise malformed(f"input {PIXELS!r}: shape {tensor.shape} needs {want} integers, got {values.size}")
+        raise malformed(f"input {name!r}: shape {tensor.shape} needs {want} integers, got {values.size}")
     if values.min() < 0 or values.max() > 255:
-        raise malformed(f"input {PIXELS!r}: values must be 0..255")
+        raise malformed(f"input {name!r}: values must be 0..255")
     return Pixels(values.astype(np.uint8).reshape(tensor.shape))
 
 

@@ -23,6 +23,7 @@ from simpool_serve.service.http_status import Failure
 from simpool_serve.service.oip import codec
 from simpool_serve.service.oip.model_config import PLATFORM, triton_config
 from simpool_serve.service.oip.schemas import (
+    INFER_EXAMPLE,
     ErrorOut,
     InferenceRequest,
     InferenceResponse,
@@ -32,6 +33,7 @@ from simpool_serve.service.oip.schemas import (
     Ready,
     ServerMetadata,
 )
+from simpool_serve.service.openapi_schema import inline
 from simpool_serve.service.routes.deps import Authorized, EngineDep
 from simpool_serve.spec import ATTENTION, EMBEDDING, LOGITS
 
@@ -182,7 +184,8 @@ class InferDoor(Door[codec.InferRequest, Response]):
 @router.post(
     "/models/{model}/infer",
     summary="Inference",
-    description="One input, `images` (BYTES: encoded files) or `pixels` (UINT8 [N, S, S, 3]); outputs "
+    description="One input: `images` as BYTES (encoded files) or UINT8 [N, S, S, 3] (pixels, as Triton "
+    "serving the same export takes them), or `pixels` (UINT8 [N, S, S, 3]); outputs "
     "`embedding`, `attention`, `logits`. JSON tensors or the binary tensor data extension.",
     response_model=InferenceResponse,
     responses=_ERRORS,
@@ -190,7 +193,7 @@ class InferDoor(Door[codec.InferRequest, Response]):
         "requestBody": {
             "required": True,
             "content": {
-                "application/json": {"schema": InferenceRequest.model_json_schema()},
+                "application/json": {"schema": inline(InferenceRequest), "example": INFER_EXAMPLE},
                 "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
             },
         }

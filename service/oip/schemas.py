@@ -15,7 +15,10 @@ class _Open(BaseModel):
 
 
 class RequestInput(_Open):
-    name: str = Field(description="`images` (BYTES, encoded files) or `pixels` (UINT8, [N, S, S, 3]).")
+    name: str = Field(
+        description="`images`: BYTES [N] (encoded files) or UINT8 [N, S, S, 3] (the graph's own input, "
+        "as Triton takes it); `pixels`: UINT8 [N, S, S, 3], the same as `images` in UINT8."
+    )
     shape: list[int]
     datatype: str
     parameters: dict[str, Any] | None = Field(
@@ -27,6 +30,18 @@ class RequestInput(_Open):
 class RequestOutput(_Open):
     name: str
     parameters: dict[str, Any] | None = Field(None, description="`binary_data`: answer this output binary.")
+
+
+# A 16×16 PNG (a colour ramp): the documented example is a request that really runs.
+EXAMPLE_PNG = (
+    "iVBORw0KGgoAAAANSUhEUgAAABAAAAAQCAIAAACQkWg2AAAAHUlEQVR42mNkYGgQYGAgHrEwCDCQBEY1jGoYOhoAHg"
+    "oCnoxpJwYAAAAASUVORK5CYII="
+)
+INFER_EXAMPLE: dict[str, Any] = {
+    "inputs": [{"name": "images", "datatype": "BYTES", "shape": [1], "data": [EXAMPLE_PNG]}],
+    "outputs": [{"name": "embedding"}],
+    "parameters": {"normalize": True},
+}
 
 
 class InferenceRequest(_Open):

@@ -17,6 +17,7 @@ _PARAMS = {
     "bad_image": "input",
     "image_too_large": "input",
     "too_many_images": "input",
+    "text_input": "input",
 }
 
 

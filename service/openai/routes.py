@@ -20,7 +20,14 @@ from simpool_serve.service.engine import Answer, Call, Engine, EngineError, Kind
 from simpool_serve.service.http_door import read_body, serve_http
 from simpool_serve.service.http_status import Failure
 from simpool_serve.service.openai import answers
-from simpool_serve.service.openai.schemas import EmbeddingsOut, EmbeddingsRequest, ErrorOut, ModelsOut
+from simpool_serve.service.openai.schemas import (
+    EmbeddingsOut,
+    EmbeddingsRequest,
+    ErrorOut,
+    ModelOut,
+    ModelsOut,
+)
+from simpool_serve.service.openapi_schema import inline
 from simpool_serve.service.routes.deps import Authorized, EngineDep
 from simpool_serve.service.validation import describe
 from simpool_serve.spec import EMBEDDING
@@ -38,6 +45,24 @@ def error_shape(status: int, detail: str, error: Failure | None) -> dict[str, An
     return answers.error_body(status, detail, error.reason if error is not None else None)
 
 
+# The shortest base64 of any image file is longer than this (a 1×1 PNG is 67 bytes, 92 characters).
+_SHORTEST_IMAGE = 64
+_HOW = "these models embed images, not text: send each image as a data URI (data:image/jpeg;base64,...) or "
+_HOW += "as plain base64 of the file"
+
+
+def _refuse_text(value: str | list[Any]) -> None:
+    """Token arrays and plain text get 400 saying how to send an image, not a decoder's complaint."""
+    items = [value] if isinstance(value, str) else value
+    for i, item in enumerate(items):
+        if isinstance(item, int | list):
+            raise EngineError(Kind.BAD_IMAGE, f"input {i} is a token array; {_HOW}", "text_input")
+        if item[:5].lower() == "data:":
+            continue
+        if len(item) < _SHORTEST_IMAGE or " " in item.strip():
+            raise EngineError(Kind.BAD_IMAGE, f"image {i} looks like text; {_HOW}", "text_input")
+
+
 class EmbeddingsDoor(Door[EmbeddingsRequest, Response]):
     """`POST /v1/embeddings`: OpenAI's request in, L2-normalised vectors in OpenAI's answer out."""
 
@@ -52,6 +77,7 @@ class EmbeddingsDoor(Door[EmbeddingsRequest, Response]):
             raise EngineError(Kind.INVALID, describe(exc), "malformed") from None
         if isinstance(req.input, list) and not req.input:
             raise EngineError(Kind.INVALID, "input: give at least one image", "malformed")
+        _refuse_text(req.input)
         return req
 
     def model_name(self, req: EmbeddingsRequest) -> str:
@@ -66,7 +92,7 @@ class EmbeddingsDoor(Door[EmbeddingsRequest, Response]):
                 "malformed",
             )
         images = [req.input] if isinstance(req.input, str) else req.input
-        return Call(images=images, outputs=(EMBEDDING,))
+        return Call(images=images, outputs=(EMBEDDING,))  # type: ignore[arg-type]  # text refused in read
 
     def encode(self, req: EmbeddingsRequest, model: LoadedModel, result: Answer) -> Response:
         vectors = encoding.embeddings(result.outputs, True, req.encoding_format)
@@ -83,7 +109,7 @@ class EmbeddingsDoor(Door[EmbeddingsRequest, Response]):
     openapi_extra={
         "requestBody": {
             "required": True,
-            "content": {"application/json": {"schema": EmbeddingsRequest.model_json_schema()}},
+            "content": {"application/json": {"schema": inline(EmbeddingsRequest)}},
         }
     },
 )
@@ -95,3 +121,14 @@ async def embeddings(request: Request, engine: EngineDep) -> Response:
 async def models(engine: EngineDep) -> dict[str, Any]:
     listing = [answers.model_entry(name, folder.manifest) for name, folder in engine.folders.items()]
     return {"object": "list", "data": listing}
+
+
+@router.get(
+    "/models/{model_id}", summary="Model (OpenAI-compatible)", response_model=ModelOut, responses=_ERRORS
+)
+async def model(engine: EngineDep, model_id: str) -> dict[str, Any]:
+    folder = engine.folders.get(model_id)
+    if folder is None:
+        shown = model_id if len(model_id) <= 100 else f"{model_id[:100]}..."
+        raise EngineError(Kind.NOT_FOUND, f"unknown model {shown!r}", "unknown_model")
+    return answers.model_entry(model_id, folder.manifest)

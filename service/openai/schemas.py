@@ -16,7 +16,8 @@ class EmbeddingsRequest(BaseModel):
     model_config = ConfigDict(extra="ignore", protected_namespaces=())
 
     model: str | None = Field(None, min_length=1, description="Model name (see `/v1/models`); default model.")
-    input: str | list[str] = Field(description=_INPUT_DOC)
+    # Token arrays are accepted here only to be refused with a useful message (the models embed images).
+    input: str | list[str] | list[int] | list[list[int]] = Field(description=_INPUT_DOC)
     encoding_format: Literal["float", "base64"] = Field(
         "float", description="`base64`: little-endian float32 (OpenAI's SDK asks for it by default)."
     )

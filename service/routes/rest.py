@@ -17,6 +17,7 @@ from simpool_serve.service import boxes, encoding
 from simpool_serve.service.door import Door
 from simpool_serve.service.engine import Answer, Call, Disconnected, Engine, EngineError, Kind, LoadedModel
 from simpool_serve.service.http_door import serve_http
+from simpool_serve.service.openapi_schema import inline
 from simpool_serve.service.parsing import (
     AttentionFields,
     AttentionJSON,
@@ -42,7 +43,7 @@ FieldsOf = Callable[[Answer, Any], dict[str, Any]]
 
 def _body_doc(json_model: type[Fields], form_model: type[Fields]) -> dict[str, Any]:
     """The request body in OpenAPI: the endpoint reads it itself, as JSON or as multipart."""
-    form = form_model.model_json_schema()
+    form = inline(form_model)
     form["properties"] = {
         "images": {
             "type": "array",
@@ -56,7 +57,7 @@ def _body_doc(json_model: type[Fields], form_model: type[Fields]) -> dict[str, A
         "requestBody": {
             "required": True,
             "content": {
-                "application/json": {"schema": json_model.model_json_schema()},
+                "application/json": {"schema": inline(json_model)},
                 "multipart/form-data": {"schema": form},
             },
         }
