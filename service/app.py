@@ -22,6 +22,7 @@ from simpool_serve.service.oip import routes as oip
 from simpool_serve.service.openai import routes as openai
 from simpool_serve.service.routes import ops, rest
 from simpool_serve.service.settings import Settings
+from simpool_serve.service.tracing import tracing_from_env
 from simpool_serve.service.ui import ui_router
 
 log = logging.getLogger("simpool_serve.app")
@@ -39,6 +40,8 @@ def create_app(
     may wrap the real session, e.g. to inject faults).
     """
     metrics = Metrics(settings.max_batch_size or 32)
+    tracing = tracing_from_env()  # None unless OTEL_TRACES_EXPORTER names an exporter
+    tracer = tracing.tracer if tracing is not None else None
 
     async def load(engine: Engine) -> None:
         try:
@@ -55,7 +58,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = Engine.from_config(settings.engine_config(), metrics, runner_factory)
+        engine = Engine.from_config(settings.engine_config(), metrics, runner_factory, tracer)
         app.state.engine = engine
         loader = asyncio.create_task(load(engine), name="load-models")
         try:
@@ -67,6 +70,8 @@ def create_app(
                 with contextlib.suppress(asyncio.CancelledError):
                     await loader
             await engine.close()
+            if tracing is not None:
+                tracing.shutdown()  # exports the spans still buffered
             log.info("stopped")
 
     app = FastAPI(
@@ -83,6 +88,10 @@ def create_app(
     app.state.settings = settings
     app.state.metrics = metrics
     app.add_middleware(RequestObserver, metrics=metrics)
+    if tracer is not None:  # outside the observer, so that its log line knows the trace id
+        from simpool_serve.service.http_tracing import TraceMiddleware
+
+        app.add_middleware(TraceMiddleware, tracer=tracer)
     # Each standard door answers errors in its own protocol's shape; REST keeps {"detail": ...}.
     install_error_handlers(app, metrics, {oip.PREFIX: oip.error_shape, openai.PREFIX: openai.error_shape})
     app.include_router(rest.router)

@@ -180,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         models = preflight.check_repository(settings.model_dir)
         preflight.check_default_model(models, settings.default_model)
         preflight.check_providers(settings.providers)
+        preflight.check_tracing()
         sock = preflight.listen(settings.host, settings.port, settings.backlog)
     except preflight.ConfigError as exc:
         return _fail(str(exc), STARTUP_FAILURE, exc, debug)

@@ -18,8 +18,9 @@ from simpool_serve.service.engine import Call, Disconnected, Engine, LoadedModel
 
 Req = TypeVar("Req")
 Res = TypeVar("Res")
-# Reports the model that answered a request and how many images it held (metrics and log labels).
-Label = Callable[[str, int], None]
+# Reports the model that answered a request, how many images it held, and the model's fingerprint
+# (metrics, log and trace labels).
+Label = Callable[[str, int, str], None]
 
 
 class Door(ABC, Generic[Req, Res]):
@@ -65,9 +66,9 @@ async def serve(
     try:
         call = door.call(req, model)
     except BaseException:
-        label(model.name, 0)
+        label(model.name, 0, model.fingerprint)
         raise
-    label(model.name, call.count)
+    label(model.name, call.count, model.fingerprint)
     result = await door.run(engine, model, call, deadline, disconnected)
     start = time.perf_counter()
     answer = door.encode(req, model, result)

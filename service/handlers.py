@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from simpool_serve.service.engine.errors import EngineError
 from simpool_serve.service.http_status import Failure, headers_of, status_of
 from simpool_serve.service.metrics import Metrics
-from simpool_serve.service.observe import labels_of
+from simpool_serve.service.observe import SPAN, labels_of
 from simpool_serve.service.refusals import Refusal
 from simpool_serve.service.validation import describe
 
@@ -52,6 +52,9 @@ def install_error_handlers(
 
     async def on_failure(request: Request, exc: Failure) -> JSONResponse:
         metrics.failures.labels(labels_of(request).model, exc.reason).inc()
+        span = request.scope.get(SPAN)  # the server span, when tracing is on
+        if span is not None:
+            span.record_exception(exc, attributes={"simpool.reason": exc.reason})
         return answer(request, status_of(exc), exc.detail, exc, headers_of(exc))
 
     app.add_exception_handler(EngineError, on_failure)  # type: ignore[arg-type]

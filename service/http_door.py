@@ -58,7 +58,7 @@ async def client_gone(request: Request) -> None:
 async def serve_http(request: Request, engine: Engine, door: Door[Req, Res]) -> Res:
     """`serve` for one HTTP request: its labels go to the request's metrics and log line."""
 
-    def label(model: str, images: int) -> None:
-        label_request(request, model, images)
+    def label(model: str, images: int, fingerprint: str) -> None:
+        label_request(request, model, images, fingerprint)
 
     return await serve(engine, door, label=label, disconnected=lambda: client_gone(request))

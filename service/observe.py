@@ -27,18 +27,26 @@ class RequestLabels:
 
     model: str = ""
     images: int = 0
+    fingerprint: str = ""
 
 
 _UNLABELLED = RequestLabels()
+TRACE_ID = "simpool.trace_id"  # the scope key of a traced request's trace id (hex), for its log line
+SPAN = "simpool.span"  # ... and of its server span, on which the error handlers record failures
 
 
-def label_request(conn: HTTPConnection, model: str, images: int) -> None:
+def label_request(conn: HTTPConnection, model: str, images: int, fingerprint: str) -> None:
     """The door path's report of which model the request went to, with how many images."""
-    conn.scope[_LABELS] = RequestLabels(model, images)
+    conn.scope[_LABELS] = RequestLabels(model, images, fingerprint)
 
 
 def labels_of(conn: HTTPConnection) -> RequestLabels:
-    return conn.scope.get(_LABELS, _UNLABELLED)
+    return labels_of_scope(conn.scope)
+
+
+def labels_of_scope(scope: Scope) -> RequestLabels:
+    labels: RequestLabels = scope.get(_LABELS, _UNLABELLED)
+    return labels
 
 
 class RequestObserver:
@@ -67,18 +75,17 @@ class RequestObserver:
             route = scope.get("route")  # set by the router on the route that matched
             endpoint = getattr(route, "path", None) or "other"
             seconds = time.perf_counter() - start
-            record = scope.get(_LABELS, _UNLABELLED)
+            record = labels_of_scope(scope)
             self.metrics.requests.labels(endpoint, record.model, str(status)).inc()
             self.metrics.request_duration.labels(endpoint).observe(seconds)
-            log.log(
-                logging.DEBUG if endpoint in _QUIET else logging.INFO,
-                "request",
-                extra={
-                    "method": scope["method"],
-                    "endpoint": endpoint,
-                    "model": record.model,
-                    "images": record.images,
-                    "status": status,
-                    "duration_ms": round(seconds * 1000, 2),
-                },
-            )
+            extra = {
+                "method": scope["method"],
+                "endpoint": endpoint,
+                "model": record.model,
+                "images": record.images,
+                "status": status,
+                "duration_ms": round(seconds * 1000, 2),
+            }
+            if TRACE_ID in scope:
+                extra["trace_id"] = scope[TRACE_ID]
+            log.log(logging.DEBUG if endpoint in _QUIET else logging.INFO, "request", extra=extra)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from simpool_serve.service import tracing
 from simpool_serve.service.engine.models import ModelFolder, default_model, discover
 from simpool_serve.service.engine.runner import ProviderError, choose_providers
 from simpool_serve.service.settings import Settings
@@ -126,6 +127,14 @@ def listen(host: str, port: int, backlog: int = BACKLOG) -> socket.socket:
             ) from exc
         raise ConfigError(f"cannot listen on {where}: {exc.strerror or exc}") from exc
     return sock
+
+
+def check_tracing() -> None:
+    """An `OTEL_*` exporter or protocol this service cannot use."""
+    try:
+        tracing.check_env()
+    except tracing.TracingError as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 def untrained(models: dict[str, ModelFolder]) -> list[str]:

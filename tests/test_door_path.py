@@ -59,12 +59,13 @@ def test_stub_door_runs_on_the_engine(model_repo: Path, photos: dict[str, Path])
     async def scenario() -> None:
         engine = _engine(model_repo)
         await engine.load()
+        fingerprint = engine.model(None).fingerprint
         try:
             norms = await serve(
                 engine, DictDoor({"images": images, "on_error": "skip"}), label=lambda *a: labels.append(a)
             )
             assert norms[1] == -1.0 and min(norms[0], norms[2]) > 0
-            assert labels == [(engine.default, 3)]  # reported once, with the model and the image count
+            assert labels == [(engine.default, 3, fingerprint)]  # once: the model, its images, fingerprint
             encoded = engine.metrics.stage_duration.labels(engine.default, "encode")
             assert encoded._sum.get() > 0  # the path timed the door's encoding
 
@@ -72,7 +73,7 @@ def test_stub_door_runs_on_the_engine(model_repo: Path, photos: dict[str, Path])
             with pytest.raises(EngineError) as err:  # the engine's error, for the door to map
                 await serve(engine, DictDoor({"images": images}), label=lambda *a: labels.append(a))
             assert err.value.kind is Kind.BAD_IMAGE and "image 1" in err.value.detail
-            assert labels == [(engine.default, 3)]
+            assert labels == [(engine.default, 3, fingerprint)]
             with pytest.raises(EngineError) as err:
                 await serve(engine, DictDoor({"images": images, "model": "nope"}), label=print)
             assert err.value.kind is Kind.NOT_FOUND

@@ -33,13 +33,29 @@ log = logging.getLogger("simpool_serve.batcher")
 Outputs = dict[str, np.ndarray]
 
 
+@dataclass(frozen=True, slots=True)
+class BatchRun:
+    """One batch a traced request's images ran in: when (epoch ns), how many images, and the trace
+    contexts of every traced request in it (for the spans' links)."""
+
+    start_ns: int
+    end_ns: int
+    size: int
+    traces: tuple[object, ...]
+
+
 @dataclass(eq=False)
 class Job:
-    """One request's images in flight: answers are filled in by position as batches finish."""
+    """One request's images in flight: answers are filled in by position as batches finish.
+
+    `trace` is the request's span context when it is traced; its batches are then kept in `batches`.
+    """
 
     results: list[Outputs | None]
     future: asyncio.Future[list[Outputs | None]]
     enqueued_at: float
+    trace: object | None = None
+    batches: list[BatchRun] = field(default_factory=list)
     remaining: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -148,10 +164,13 @@ class Batcher:
         """Gives back reserved places of images that will not be queued (decode failures, errors)."""
         self._reserved = max(0, self._reserved - n)
 
-    def submit(self, pixels: list[np.ndarray | None]) -> Job:
-        """Queues a request's decoded images (reserved before); `None` entries are skipped images."""
+    def submit(self, pixels: list[np.ndarray | None], trace: object | None = None) -> Job:
+        """Queues a request's decoded images (reserved before); `None` entries are skipped images.
+
+        `trace`, the request's span context when it is traced, makes the job keep its batches.
+        """
         loop = asyncio.get_running_loop()
-        job = Job(results=[None] * len(pixels), future=loop.create_future(), enqueued_at=time.perf_counter())
+        job = Job([None] * len(pixels), loop.create_future(), time.perf_counter(), trace)
         present = [(i, p) for i, p in enumerate(pixels) if p is not None]
         self.release(len(pixels))
         job.remaining = len(present)
@@ -232,6 +251,7 @@ class Batcher:
         for item in items:
             self._stage_wait.observe(now - item.job.enqueued_at)
         self._batch_size.observe(len(items))
+        start_ns = time.time_ns()
         try:
             run = self._run if solo or self._lane_run is None else self._lane_run
             outputs, seconds = await loop.run_in_executor(
@@ -255,6 +275,7 @@ class Batcher:
         self.failed_in_a_row = 0
         self._inference.observe(seconds)
         self._stage_inference.observe(seconds)
+        _record_batch(items, start_ns)
         for pos, item in enumerate(items):
             job = item.job
             if job.future.done():  # timed out or gone meanwhile
@@ -271,6 +292,16 @@ class Batcher:
         start = time.perf_counter()
         outputs = run(batch)
         return outputs, time.perf_counter() - start
+
+
+def _record_batch(items: list[_Item], start_ns: int) -> None:
+    """Tells each traced request of a batch when it ran, how big it was, and who ran with it."""
+    jobs = {id(item.job): item.job for item in items if item.job.trace is not None}
+    if not jobs:
+        return
+    run = BatchRun(start_ns, time.time_ns(), len(items), tuple(job.trace for job in jobs.values()))
+    for job in jobs.values():
+        job.batches.append(run)
 
 
 def _summary(exc: BaseException, limit: int = 200) -> str:

@@ -11,13 +11,14 @@ leaving: DISCONNECTED) → an `Answer`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Literal, TypeVar
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 import numpy as np
 
@@ -32,6 +33,11 @@ from simpool_serve.service.engine.preprocess import Geometry, ImageError, own_pi
 from simpool_serve.service.engine.runner import OnnxRunner, RunnerFactory
 from simpool_serve.service.metrics import Metrics
 from simpool_serve.spec import ATTENTION, LOGITS
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
+
+    from simpool_serve.service.engine.spans import RequestSpans
 
 log = logging.getLogger("simpool_serve.engine")
 
@@ -90,8 +96,10 @@ class Engine:
         folders: Mapping[str, ModelFolder],
         default: str,
         runner_factory: RunnerFactory = OnnxRunner,
+        tracer: Tracer | None = None,
     ) -> None:
         self.config = config
+        self._tracer = tracer  # None: tracing is off, and no span site runs
         self.limits = config.limits
         self._runner_factory = runner_factory
         self.metrics = metrics
@@ -129,11 +137,16 @@ class Engine:
 
     @classmethod
     def from_config(
-        cls, config: EngineConfig, metrics: Metrics, runner_factory: RunnerFactory = OnnxRunner
+        cls,
+        config: EngineConfig,
+        metrics: Metrics,
+        runner_factory: RunnerFactory = OnnxRunner,
+        tracer: Tracer | None = None,
     ) -> Engine:
         """The engine of `config.model_dir`; raises `ManifestError` for a broken repository."""
         folders = discover(config.model_dir)
-        return cls(config, metrics, folders, default_model(folders, config.default_model), runner_factory)
+        default = default_model(folders, config.default_model)
+        return cls(config, metrics, folders, default, runner_factory, tracer)
 
     # -- models and readiness --------------------------------------------------------------------
 
@@ -226,6 +239,7 @@ class Engine:
         if (images is None) == (pixels is None):
             raise EngineError(Kind.INVALID, "send either encoded images or pixels, not both", "malformed")
         self._check_outputs(model, call.outputs)
+        spans = self._spans(model, call.count)
         if pixels is not None:
             rows: list[np.ndarray | None] = self._pixel_rows(model, pixels)
             self._admit(model, len(rows))
@@ -235,18 +249,32 @@ class Engine:
             assert images is not None
             n = len(images)
             self._admit(model, n)
-            rows, failures, geometries = await self._decode(
-                model, n, self._decode_all(model, images), deadline
-            )
+            with spans.decode() if spans is not None else contextlib.nullcontext():
+                rows, failures, geometries = await self._decode(
+                    model, n, self._decode_all(model, images), deadline
+                )
             if failures and on_error == "fail":
                 model.batcher.release(n)
                 first = failures[0]
                 raise EngineError(first.kind, f"image {first.index}: {first.detail}", first.reason)
             for failure in failures:
                 self.metrics.failures.labels(model.name, failure.reason).inc()
-        results = await self._wait(model.batcher.submit(rows), model, deadline, disconnected)
+        if spans is None:
+            results = await self._wait(model.batcher.submit(rows), model, deadline, disconnected)
+        else:
+            queued_ns = time.time_ns()
+            job = model.batcher.submit(rows, trace=spans.context())
+            results = await self._wait(job, model, deadline, disconnected)
+            spans.batches(job, queued_ns)
         self.metrics.images.labels(model.name).inc(len(rows) - len(failures))
         return Answer(model, results, failures, geometries)
+
+    def _spans(self, model: LoadedModel, images: int) -> RequestSpans | None:
+        if self._tracer is None:
+            return None
+        from simpool_serve.service.engine.spans import RequestSpans
+
+        return RequestSpans(self._tracer, model.name, model.fingerprint, images)
 
     async def attention_png(
         self,
