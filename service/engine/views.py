@@ -112,6 +112,7 @@ def draft_request(
     want_w, want_h = math.ceil(w * DRAFT_MARGIN * tw / cw), math.ceil(h * DRAFT_MARGIN * th / ch)
     if min(w // want_w, h // want_h) < 2:
         return None
+    # Turned by EXIF: ask in the stored orientation (a square image needs no turn: min() is symmetric).
     return (want_w, want_h) if stored == upright else (want_h, want_w)
 
 
