@@ -28,6 +28,12 @@ _TRANSPOSE = {
     7: Image.Transpose.TRANSVERSE,
     8: Image.Transpose.ROTATE_90,
 }
+_SWAPS_AXES = (
+    Image.Transpose.TRANSPOSE,
+    Image.Transpose.ROTATE_270,
+    Image.Transpose.TRANSVERSE,
+    Image.Transpose.ROTATE_90,
+)
 # JPEG draft decoding (DCT scaling) is used only while the decoded image keeps this many times the
 # resize target on its shorter side, so that the final antialiased resize still dominates the result.
 DRAFT_MARGIN = 2
@@ -156,6 +162,12 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def upright_size(img: Image.Image) -> tuple[int, int]:
+    """The (width, height) the opened image will have once its EXIF orientation is applied."""
+    w, h = img.size
+    return (h, w) if _TRANSPOSE.get(_orientation(img)) in _SWAPS_AXES else (w, h)
+
+
 def load(data: bytes, max_pixels: int, draft_short: int | None) -> tuple[Image.Image, tuple[int, int], tuple]:
     """Decodes upright RGB pixels; returns (image, upright original size, region of the image covering it).
 
@@ -163,11 +175,20 @@ def load(data: bytes, max_pixels: int, draft_short: int | None) -> tuple[Image.I
     at least `draft_short`; the region then says which (fractional) part of the small image is the original.
     """
     img = open_image(data, max_pixels)
+    want = (draft_short, draft_short) if draft_short and min(img.size) >= 2 * draft_short else None
+    return load_opened(img, want)
+
+
+def load_opened(
+    img: Image.Image, draft_size: tuple[int, int] | None
+) -> tuple[Image.Image, tuple[int, int], tuple]:
+    """`load` for an image `open_image` returned: with `draft_size` (stored orientation), a JPEG is
+    decoded at the coarsest DCT scale (1/2, 1/4, 1/8) that keeps at least that many pixels a side."""
     try:
         orig_w, orig_h = img.size
         box: tuple[float, float, float, float] = (0.0, 0.0, float(orig_w), float(orig_h))
-        if draft_short and img.format in ("JPEG", "MPO") and min(img.size) >= 2 * draft_short:
-            drafted = img.draft(img.mode, (draft_short, draft_short))
+        if draft_size and img.format in ("JPEG", "MPO"):
+            drafted = img.draft(img.mode, draft_size)
             if drafted is not None:
                 box = tuple(float(v) for v in drafted[1])  # type: ignore[assignment]
         img.load()
@@ -175,12 +196,7 @@ def load(data: bytes, max_pixels: int, draft_short: int | None) -> tuple[Image.I
         if method is not None:
             box = _transpose_box(box, img.size, method)
             img = img.transpose(method)
-            if method in (
-                Image.Transpose.TRANSPOSE,
-                Image.Transpose.ROTATE_270,
-                Image.Transpose.TRANSVERSE,
-                Image.Transpose.ROTATE_90,
-            ):
+            if method in _SWAPS_AXES:
                 orig_w, orig_h = orig_h, orig_w
         return _to_rgb(img), (orig_w, orig_h), box
     except ImageError:
