@@ -27,6 +27,7 @@ from simpool_serve.service.engine.views import (
     render,
     thumbnail_size,
 )
+from simpool_serve.service.http_status import status_of
 
 MAX_PIXELS = 10**9
 MEAN = np.array([0.485, 0.456, 0.406])
@@ -137,7 +138,7 @@ def test_bad_region_is_invalid(box: tuple) -> None:
     payload = encode(photo("chelsea"), "PNG")
     with pytest.raises(RegionError) as info:
         full_view(payload, 224, MAX_PIXELS, region=box)
-    assert info.value.kind is Kind.INVALID and info.value.status == 422
+    assert info.value.kind is Kind.INVALID and status_of(info.value) == 422
 
 
 def test_crop_box_rounds_as_pillow() -> None:
@@ -161,13 +162,13 @@ def test_pixel_limit_applies() -> None:
     payload = encode(photo("coffee"), "PNG")
     with pytest.raises(ImageTooLarge) as info:
         full_view(payload, 224, 600 * 400 - 1)
-    assert info.value.status == 413
+    assert status_of(info.value) == 413
 
 
 def test_undecodable_is_bad_image() -> None:
     with pytest.raises(Exception) as info:
         full_view(b"not an image", 224, MAX_PIXELS)
-    assert info.value.status == 400  # type: ignore[attr-defined]
+    assert status_of(info.value) == 400
 
 
 @pytest.mark.parametrize("size", [224, 288])
@@ -236,7 +237,7 @@ def test_scales_minimum_side() -> None:
     check_scales((64, 300), scales, 32)  # 64, 45, 32
     with pytest.raises(ViewTooSmall) as info:
         check_scales((63, 300), scales, 32)  # 0.5 → 31
-    assert info.value.status == 400 and "scale 0.5" in str(info.value) and "31 px" in str(info.value)
+    assert status_of(info.value) == 400 and "scale 0.5" in str(info.value) and "31 px" in str(info.value)
     check_scales((45, 23), [1, 2**-0.5], 16)  # 23 · 0.7071 = 16.26
     with pytest.raises(ViewTooSmall):
         check_scales((45, 22), [1, 2**-0.5], 16)
