@@ -188,6 +188,7 @@ def test_convnext_options(tmp_path: Path) -> None:
         (["--arch", "efficientnet_b0", "--random-init"], "not a timm ResNet, ConvNeXt or ViT"),
         (["--arch", "resnet18", "--random-init", "--gamma", "big"], "expected a number or 'none'"),
         (["--arch", "vit_tiny_patch16_224", "--random-init", "--opset", "13"], "--opset must be between 14"),
+        (["--checkpoint", "/nonexistent/weights.pth"], "checkpoint /nonexistent/weights.pth does not exist"),
     ],
 )
 def test_usage_errors_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
@@ -195,6 +196,20 @@ def test_usage_errors_exit_2(tmp_path: Path, args: list[str], message: str) -> N
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert message in proc.stderr
     assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_missing_checkpoint_fails_before_torch_loads(tmp_path: Path) -> None:
+    """A mistyped path is reported in one line, long before torch and timm would have loaded."""
+    import time
+
+    t0 = time.perf_counter()
+    proc = run_export(tmp_path / "out", "--checkpoint", str(tmp_path / "nope.pth"), check=False)
+    elapsed = time.perf_counter() - t0
+    assert (
+        proc.returncode == 2
+        and proc.stderr.strip() == f"error: checkpoint {tmp_path / 'nope.pth'} does not exist"
+    )
+    assert elapsed < 2.0, elapsed
 
 
 def test_preprocessing_uses_the_papers_evaluation_crop() -> None:
