@@ -297,28 +297,23 @@ def _dino_pos_embed(
     """The paper's DINO ViT (SimPool mode, no [CLS]) resamples its positional embedding at every
     forward pass, even at its training size: its ``interpolate_pos_encoding`` counts the patches as
     ``x.shape[1] - 1`` (written for a [CLS] token it no longer has), so the count never matches and
-    it always runs ``F.interpolate(..., scale_factor=(g + 0.1) / sqrt(N), mode="bicubic")``, which
-    shifts the sampling grid slightly. The trained network only ever saw that resampled embedding,
-    so it is computed once here, exactly as the paper's forward pass does, and stored as the weight.
+    it always runs ``F.interpolate(..., scale_factor=(g + 0.1) / sqrt(N), mode="bicubic")``. The
+    model does the same in its forward (``SimPoolModel.pos_rule``), for any token grid, so the
+    checkpoint's square grid is kept as it is: the model's parameter takes its shape.
     """
     key = "backbone.pos_embed"
     if key not in sd:
         return sd
-    pos = sd[key]
-    n, dim = int(pos.shape[1]), int(pos.shape[2])
-    side = int(math.sqrt(n))
+    n = int(sd[key].shape[1])
+    side = math.isqrt(n)
     if side * side != n:
         raise CheckpointError(f"DINO pos_embed has {n} tokens, not a square grid (a [CLS] entry?)")
-    gh, gw = (int(g) for g in model.backbone.patch_embed.grid_size)
-    grid = pos.double().reshape(1, side, side, dim).permute(0, 3, 1, 2)
-    out = torch.nn.functional.interpolate(
-        grid, scale_factor=((gh + 0.1) / math.sqrt(n), (gw + 0.1) / math.sqrt(n)), mode="bicubic"
+    current = model.backbone.pos_embed
+    if current.shape != sd[key].shape:
+        model.backbone.pos_embed = torch.nn.Parameter(torch.zeros_like(sd[key]))
+    notes.append(
+        f"pos_embed kept on its {side}x{side} grid: resampled in every forward, as the paper's DINO ViT does"
     )
-    if tuple(out.shape[-2:]) != (gh, gw):
-        raise CheckpointError(f"cannot resample the DINO pos_embed from {side}x{side} to {gh}x{gw}")
-    sd = dict(sd)
-    sd[key] = out.permute(0, 2, 3, 1).reshape(1, gh * gw, dim).to(pos.dtype)
-    notes.append(f"pos_embed resampled as the paper's DINO ViT does at every forward ({gh}x{gw} grid)")
     return sd
 
 
