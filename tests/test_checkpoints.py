@@ -636,7 +636,7 @@ def multi_scale_onnx(session: ort.InferenceSession, pixels: np.ndarray) -> np.nd
     """The same through the graph: uint8 pixels in, each scale fed to its `scale` input."""
     total = np.zeros(0)
     for s in RETRIEVAL_SCALES:
-        (emb,) = session.run(["embedding"], {"images": pixels[None], "scale": np.float32(s)})
+        (emb,) = session.run(["embedding"], {"images": pixels[None], "scale": np.array(s, np.float32)})
         total = emb[0].astype(np.float64) + (total if total.size else 0.0)
     v = total / len(RETRIEVAL_SCALES)
     return v / np.linalg.norm(v)

@@ -33,7 +33,7 @@ def reference(model_repo: Path, name: str) -> ServingGraph:
 
 
 def photo(photos: dict[str, Path], name: str, size: tuple[int, int]) -> np.ndarray:
-    return np.asarray(Image.open(photos[name]).convert("RGB").resize(size, Image.BICUBIC))
+    return np.array(Image.open(photos[name]).convert("RGB").resize(size, Image.BICUBIC))
 
 
 @pytest.mark.parametrize("name", ["resnet18", "vit_tiny"])
@@ -41,7 +41,7 @@ def test_scale_input_defaults_to_one(model_repo: Path, name: str, photos: dict[s
     sess = session(model_repo / name)
     batch = np.stack([photo(photos, "coffee.jpg", (224, 224)), photo(photos, "chelsea.jpg", (224, 224))])
     plain = sess.run(None, {"images": batch})
-    fed = sess.run(None, {"images": batch, "scale": np.float32(1.0)})
+    fed = sess.run(None, {"images": batch, "scale": np.array(1.0, np.float32)})
     for a, b in zip(plain, fed, strict=True):
         np.testing.assert_array_equal(a, b)
 
@@ -54,7 +54,7 @@ def test_any_size_and_scale_match_pytorch(
     """Non-square photographs at sizes that are not multiples of the stride, rescaled in the graph
     as F.interpolate(scale_factor=s, bilinear, align_corners=False) rescales the normalised tensor."""
     batch = np.stack([photo(photos, "rocket.jpg", size), photo(photos, "astronaut.jpg", size)])
-    got = session(model_repo / name).run(None, {"images": batch, "scale": np.float32(scale)})
+    got = session(model_repo / name).run(None, {"images": batch, "scale": np.array(scale, np.float32)})
     with torch.no_grad():
         ref = reference(model_repo, name)(torch.from_numpy(batch), float(np.float32(scale)))
     for g, r in zip(got, ref, strict=True):
@@ -82,7 +82,7 @@ def test_rescale_runs_on_the_normalised_tensor_not_on_rounded_pixels(
     """Rescaling uint8 pixels outside the graph (rounded) is measurably another descriptor."""
     image = photo(photos, "astronaut.jpg", (320, 240))[None]
     sess = session(model_repo / "resnet18")
-    (inside,) = sess.run(["embedding"], {"images": image, "scale": np.float32(0.5)})
+    (inside,) = sess.run(["embedding"], {"images": image, "scale": np.array(0.5, np.float32)})
     x = torch.from_numpy(image).permute(0, 3, 1, 2).double()
     small = torch.nn.functional.interpolate(x, scale_factor=0.5, mode="bilinear", align_corners=False)
     rounded = small.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
