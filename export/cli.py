@@ -14,6 +14,7 @@ import copy
 import sys
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,8 +23,10 @@ from simpool_serve.spec import DEFAULT_OPSET
 # torch, timm and onnx load inside run(): a usage error is reported without waiting for them.
 if TYPE_CHECKING:
     from simpool_serve.export.calibration import CalibrationSet
+    from simpool_serve.export.graph import ServingGraph
     from simpool_serve.export.manifest import ManifestInputs
     from simpool_serve.models.checkpoint import ImportedCheckpoint
+    from simpool_serve.models.model import ModelConfig, SimPoolModel
     from simpool_serve.spec import Manifest
 
 EXIT_PARITY = 1
@@ -120,18 +123,20 @@ def _load(args: argparse.Namespace) -> tuple[ImportedCheckpoint | None, str | No
     return imported, sha
 
 
-def run(args: argparse.Namespace, split: CalibrationSet | None = None) -> int:
-    import onnx
-    import torch
+@dataclass(frozen=True)
+class _Built:
+    """The model to export and where its weights came from."""
 
-    from simpool_serve.export.graph import ServingGraph, export_onnx
-    from simpool_serve.export.manifest import ManifestInputs, build_manifest, write_manifest
-    from simpool_serve.export.parity import FP16_TOLERANCE, FP32_TOLERANCE, check_parity
-    from simpool_serve.export.preprocess import preprocessing_for
+    model: SimPoolModel
+    config: ModelConfig
+    imported: ImportedCheckpoint | None
+    checkpoint_sha256: str | None
+
+
+def _build(args: argparse.Namespace) -> _Built:
     from simpool_serve.models.checkpoint import UNSET, load_weights, resolve_config
     from simpool_serve.models.model import build_model
 
-    t0 = time.perf_counter()
     imported, ckpt_sha = _load(args)
     gamma = args.gamma if hasattr(args, "gamma") else UNSET
     config = resolve_config(imported, args.arch, gamma, args.num_classes, args.image_size)
@@ -143,45 +148,63 @@ def run(args: argparse.Namespace, split: CalibrationSet | None = None) -> int:
         f"model: {config.arch} ({model.family}, placement {model.placement}), γ={config.gamma}, "
         f"β={'yes' if config.use_beta else 'no'}, classes={config.num_classes}, dim={model.embedding_dim}"
     )
+    return _Built(model, config, imported, ckpt_sha)
 
-    dino = imported is not None and imported.format == "dino"
-    pre = preprocessing_for(config.arch, config.image_size, dino=dino)
-    reference = ServingGraph(model, pre.mean, pre.std).eval()
-    with torch.no_grad():
-        _, attention, _ = model(torch.zeros(1, 3, config.image_size, config.image_size))
-    grid = (int(attention.shape[1]), int(attention.shape[2]))
-    graph = reference
-    if args.fp16:
-        graph = ServingGraph(copy.deepcopy(model).half(), pre.mean, pre.std).half().eval()
 
-    out: Path = args.out
+def _out_dir(out: Path) -> tuple[Path, Path]:
+    """Creates --out and removes a manifest that would describe another graph; (onnx, manifest) paths."""
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ValueError(f"cannot create --out {out}: {exc.strerror or exc}") from None
-    onnx_path, manifest_path = out / "model.onnx", out / "manifest.json"
+    manifest_path = out / "manifest.json"
     manifest_path.unlink(missing_ok=True)  # never leave a manifest that describes another graph
-    # With --int8 the verified fp32 graph is an intermediate: the reference of the quality gate.
-    fp32_path = out / ".model.fp32.onnx" if args.int8 else onnx_path
+    return out / "model.onnx", manifest_path
+
+
+def _export_and_verify(
+    graph: ServingGraph, reference: ServingGraph, path: Path, image_size: int, opset: int
+) -> dict[str, float]:
+    """Writes the graph and runs the parity gate; a graph that was never verified is not left behind."""
+    import onnx
+
+    from simpool_serve.export.graph import export_onnx
+    from simpool_serve.export.parity import check_parity
+
     try:
-        export_onnx(graph, fp32_path, config.image_size, args.opset)
-        onnx.checker.check_model(str(fp32_path), full_check=True)
-        print(f"wrote {fp32_path} ({fp32_path.stat().st_size / 1e6:.1f} MB, opset {args.opset})")
-        errors = check_parity(fp32_path, reference, config.image_size)
+        export_onnx(graph, path, image_size, opset)
+        onnx.checker.check_model(str(path), full_check=True)
+        print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, opset {opset})")
+        return check_parity(path, reference, image_size)
     except BaseException:
-        fp32_path.unlink(missing_ok=True)  # a graph that was never verified is not left behind
+        path.unlink(missing_ok=True)
         raise
 
-    tolerance = FP16_TOLERANCE if args.fp16 else FP32_TOLERANCE
-    report = ", ".join(f"{k} {v:.2e}" for k, v in errors.items())
-    print(f"parity (onnxruntime CPU vs PyTorch fp32, batch 1 and 3), worst relative error: {report}")
-    if any(v > tolerance for v in errors.values()):
-        fp32_path.unlink(missing_ok=True)
-        print(f"error: parity above {tolerance:g}: the graph was removed", file=sys.stderr)
-        return EXIT_PARITY
 
-    inputs = ManifestInputs(
-        name=args.name or out.resolve().name,
+def _parity_ok(errors: dict[str, float], fp16: bool, path: Path) -> bool:
+    from simpool_serve.export.parity import FP16_TOLERANCE, FP32_TOLERANCE
+
+    tolerance = FP16_TOLERANCE if fp16 else FP32_TOLERANCE
+    report = ", ".join(f"{k} {v:.2e}" for k, v in errors.items())
+    print(
+        "parity (onnxruntime CPU vs PyTorch fp32; S×S at batch 1 and 3, other sizes and scales), "
+        f"worst relative error: {report}"
+    )
+    if all(v <= tolerance for v in errors.values()):
+        return True
+    path.unlink(missing_ok=True)
+    print(f"error: parity above {tolerance:g}: the graph was removed", file=sys.stderr)
+    return False
+
+
+def _manifest_inputs(
+    args: argparse.Namespace, built: _Built, grid: tuple[int, int], outputs: list[str]
+) -> ManifestInputs:
+    from simpool_serve.export.manifest import ManifestInputs
+
+    config, model, imported = built.config, built.model, built.imported
+    return ManifestInputs(
+        name=args.name or args.out.resolve().name,
         arch=config.arch,
         family=model.family,
         placement=model.placement,
@@ -191,13 +214,56 @@ def run(args: argparse.Namespace, split: CalibrationSet | None = None) -> int:
         gamma=config.gamma,
         use_beta=config.use_beta,
         weights="random" if imported is None else "checkpoint",
-        checkpoint_sha256=ckpt_sha,
+        checkpoint_sha256=built.checkpoint_sha256,
         checkpoint_format=imported.format if imported else None,
         seed=args.seed if imported is None else None,
         opset=args.opset,
         precision="fp16" if args.fp16 else "fp32",
-        outputs=graph.output_names,
+        outputs=outputs,
     )
+
+
+def _write_triton(args: argparse.Namespace, name: str) -> None:
+    from simpool_serve.export.triton_repo import write_triton_entry
+
+    entry = write_triton_entry(
+        args.triton_repo,
+        name,
+        args.out,
+        max_batch_size=args.triton_max_batch_size,
+        tensorrt=args.triton_tensorrt,
+    )
+    print(f"wrote Triton model {entry}/config.pbtxt and {entry}/1/model.onnx")
+
+
+def run(args: argparse.Namespace, split: CalibrationSet | None = None) -> int:
+    import torch
+
+    from simpool_serve.export.graph import ServingGraph
+    from simpool_serve.export.manifest import build_manifest, write_manifest
+    from simpool_serve.export.preprocess import preprocessing_for
+
+    t0 = time.perf_counter()
+    built = _build(args)
+    model, config = built.model, built.config
+    dino = built.imported is not None and built.imported.format == "dino"
+    pre = preprocessing_for(config.arch, config.image_size, dino=dino)
+    reference = ServingGraph(model, pre.mean, pre.std).eval()
+    with torch.no_grad():
+        _, attention, _ = model(torch.zeros(1, 3, config.image_size, config.image_size))
+    grid = (int(attention.shape[1]), int(attention.shape[2]))
+    graph = reference
+    if args.fp16:
+        graph = ServingGraph(copy.deepcopy(model).half(), pre.mean, pre.std).eval()
+
+    onnx_path, manifest_path = _out_dir(args.out)
+    # With --int8 the verified fp32 graph is an intermediate: the reference of the quality gate.
+    fp32_path = args.out / ".model.fp32.onnx" if args.int8 else onnx_path
+    errors = _export_and_verify(graph, reference, fp32_path, config.image_size, args.opset)
+    if not _parity_ok(errors, args.fp16, fp32_path):
+        return EXIT_PARITY
+
+    inputs = _manifest_inputs(args, built, grid, graph.output_names)
     if split is not None:
         fp32_manifest = build_manifest(inputs, pre, fp32_path, errors)
         try:
@@ -210,17 +276,8 @@ def run(args: argparse.Namespace, split: CalibrationSet | None = None) -> int:
     write_manifest(build_manifest(inputs, pre, onnx_path, errors), manifest_path)
     print(f"wrote {manifest_path} in {time.perf_counter() - t0:.1f}s")
     if args.triton_repo is not None:
-        from simpool_serve.export.triton_repo import write_triton_entry
-
-        entry = write_triton_entry(
-            args.triton_repo,
-            inputs.name,
-            out,
-            max_batch_size=args.triton_max_batch_size,
-            tensorrt=args.triton_tensorrt,
-        )
-        print(f"wrote Triton model {entry}/config.pbtxt and {entry}/1/model.onnx")
-    if imported is None:
+        _write_triton(args, inputs.name)
+    if built.imported is None:
         print("warning: random weights — this model is untrained and its answers are meaningless")
     return 0
 
@@ -254,6 +311,18 @@ def _int8(
     return dataclasses.replace(inputs, precision="int8", quantization=record)
 
 
+def _checkpoint_problem(source: str | None) -> str | None:
+    """Why a local --checkpoint cannot be read (None when it can, or when it is a URL to download)."""
+    if source is None or source.startswith(("hf://", "https://", "http://")):
+        return None
+    path = Path(source).expanduser()
+    if not path.exists():
+        return f"checkpoint {path} does not exist"
+    if not path.is_file():
+        return f"checkpoint {path} is not a file"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -269,6 +338,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--image-size must be at least 32")
     if args.triton_max_batch_size < 1:
         parser.error("--triton-max-batch-size must be at least 1")
+    problem = _checkpoint_problem(args.checkpoint)
+    if problem is not None:  # found before torch loads: a typo costs milliseconds, not seconds
+        print(f"error: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     import onnx
 
     if not MIN_OPSET <= args.opset <= onnx.defs.onnx_opset_version():

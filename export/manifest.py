@@ -12,7 +12,11 @@ from pathlib import Path
 
 from simpool_serve import __version__
 from simpool_serve.export.preprocess import Preprocessing
-from simpool_serve.spec import Manifest, sha256_file
+from simpool_serve.spec import SCALE_INPUT, Manifest, sha256_file
+
+# The smallest side the backbone takes after the in-graph rescale: one patch for a ViT, and for a
+# CNN the side that still leaves its stride-32 stages a grid.
+MIN_SIDE = {"vit": 16, "resnet": 32, "convnext": 32}
 
 
 def imagenet_labels() -> list[str]:
@@ -75,6 +79,9 @@ def build_manifest(
             "outputs": list(m.outputs),
             "parity": {k: float(v) for k, v in parity.items()},
             **({"quantization": dict(m.quantization)} if m.quantization is not None else {}),
+            "dynamic_size": True,
+            "scale_input": SCALE_INPUT,
+            "min_side": MIN_SIDE[m.family],
             "created_at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
             "exporter_version": __version__,
             "toolchain": toolchain(),

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +40,11 @@ class _Unset:
 UNSET: Any = _Unset()
 
 
-@dataclass
+@dataclass(frozen=True)
 class ImportedCheckpoint:
-    """A checkpoint's weights in our layout plus what it says about the model that produced them."""
+    """A checkpoint's weights in our layout plus what it says about the model that produced them.
+
+    Built complete by one converter per layout and never changed afterwards."""
 
     state_dict: dict[str, torch.Tensor]
     format: str  # "timm", "dino" or "simpool-serve"
@@ -51,7 +53,7 @@ class ImportedCheckpoint:
     placement: Placement | None = None
     num_classes: int | None = None
     image_size: int | None = None
-    notes: list[str] = field(default_factory=list)
+    notes: tuple[str, ...] = ()
 
 
 def _strip(sd: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
@@ -108,27 +110,29 @@ def _map_dino(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], int
     return out, dropped
 
 
-def import_checkpoint(ckpt: Any, key: str | None = None) -> ImportedCheckpoint:
-    """Recognises the layout of a loaded checkpoint and maps its weights to our key names."""
-    if not isinstance(ckpt, dict):
-        raise CheckpointError(f"a checkpoint must hold a dict, not {type(ckpt).__name__}")
-    args = _args_of(ckpt)
-    gamma = args.get("gamma", UNSET)
-
-    if "teacher" in ckpt or "student" in ckpt:
-        which = key or "teacher"
-        if which not in ckpt:
-            raise CheckpointError(f"DINO checkpoint has no {which!r} (it has {sorted(ckpt)})")
-        sd, dropped = _map_dino(_tensors_only(ckpt[which], which))
-        arch = _dino_arch(str(args["arch"]), args.get("patch_size")) if "arch" in args else None
-        out = ImportedCheckpoint(sd, "dino", arch=arch, gamma=gamma, num_classes=0)
-        out.notes.append(f"DINO {which}: ignored {dropped} keys outside the backbone (projection head)")
-        return out
-
-    meta = ckpt.get("__metadata__") or {}
-    config = ckpt.get("simpool_config") or (
-        json.loads(meta["simpool_config"]) if "simpool_config" in meta else None
+def _dino_teacher_student(ckpt: dict[str, Any], args: dict[str, Any], key: str | None) -> ImportedCheckpoint:
+    """The paper's DINO training checkpoint: ``teacher`` (default) or ``student``."""
+    which = key or "teacher"
+    if which not in ckpt:
+        raise CheckpointError(f"DINO checkpoint has no {which!r} (it has {sorted(ckpt)})")
+    sd, dropped = _map_dino(_tensors_only(ckpt[which], which))
+    arch = _dino_arch(str(args["arch"]), args.get("patch_size")) if "arch" in args else None
+    note = f"DINO {which}: ignored {dropped} keys outside the backbone (projection head)"
+    return ImportedCheckpoint(
+        sd, "dino", arch=arch, gamma=args.get("gamma", UNSET), num_classes=0, notes=(note,)
     )
+
+
+def _own_config(ckpt: dict[str, Any]) -> dict[str, Any] | None:
+    """The config our own files carry: beside the weights (.pth) or in the metadata (.safetensors)."""
+    if ckpt.get("simpool_config") is not None:
+        return dict(ckpt["simpool_config"])
+    meta = ckpt.get("__metadata__") or {}
+    return json.loads(meta["simpool_config"]) if "simpool_config" in meta else None
+
+
+def _weights_of(ckpt: dict[str, Any], key: str | None) -> dict[str, torch.Tensor]:
+    """The state dict inside a checkpoint: the asked key, else ``state_dict``, ``model`` or the top level."""
     if key is not None:
         if key not in ckpt:
             raise CheckpointError(f"checkpoint has no {key!r} (it has {sorted(ckpt)})")
@@ -139,29 +143,45 @@ def import_checkpoint(ckpt: Any, key: str | None = None) -> ImportedCheckpoint:
         raw = _tensors_only(ckpt["model"], "model")
     else:
         raw = _tensors_only(ckpt, "the checkpoint")
-    raw = _strip(raw, "module.")
+    return _strip(raw, "module.")
 
-    if config is not None or (
+
+def _is_own(raw: dict[str, torch.Tensor], config: dict[str, Any] | None) -> bool:
+    return config is not None or (
         any(k.startswith("pool.") for k in raw) and any(k.startswith("backbone.") for k in raw)
-    ):
-        cfg = dict(config or {})
-        out = ImportedCheckpoint(
-            raw, "simpool-serve", arch=cfg.get("arch"), num_classes=cfg.get("num_classes")
-        )
-        if "gamma" in cfg:
-            out.gamma = cfg["gamma"]
-        out.placement = cfg.get("placement")
-        out.image_size = cfg.get("image_size")
-        return out
+    )
 
-    if any(k.startswith(("simpool.", "backbone.simpool.")) for k in raw):  # a bare DINO backbone
-        bare = raw if any(k.startswith("backbone.") for k in raw) else prefixed_keys("backbone.", raw)
-        sd, dropped = _map_dino(bare)
-        out = ImportedCheckpoint(sd, "dino", gamma=gamma, num_classes=0)
-        if dropped:
-            out.notes.append(f"ignored {dropped} keys outside the backbone (DINO projection head)")
-        return out
 
+def _own_state_dict(raw: dict[str, torch.Tensor], config: dict[str, Any] | None) -> ImportedCheckpoint:
+    """The project's own layout: already our key names, its config beside it."""
+    cfg = config or {}
+    return ImportedCheckpoint(
+        raw,
+        "simpool-serve",
+        arch=cfg.get("arch"),
+        gamma=cfg.get("gamma", UNSET),
+        placement=cfg.get("placement"),
+        num_classes=cfg.get("num_classes"),
+        image_size=cfg.get("image_size"),
+    )
+
+
+def _is_bare_dino(raw: dict[str, torch.Tensor]) -> bool:
+    return any(k.startswith(("simpool.", "backbone.simpool.")) for k in raw)
+
+
+def _bare_dino_backbone(raw: dict[str, torch.Tensor], args: dict[str, Any]) -> ImportedCheckpoint:
+    """A DINO backbone saved on its own (with or without its ``backbone.`` prefix)."""
+    bare = raw if any(k.startswith("backbone.") for k in raw) else prefixed_keys("backbone.", raw)
+    sd, dropped = _map_dino(bare)
+    notes = (f"ignored {dropped} keys outside the backbone (DINO projection head)",) if dropped else ()
+    return ImportedCheckpoint(sd, "dino", gamma=args.get("gamma", UNSET), num_classes=0, notes=notes)
+
+
+def _timm_training(
+    ckpt: dict[str, Any], raw: dict[str, torch.Tensor], args: dict[str, Any], key: str | None
+) -> ImportedCheckpoint:
+    """The paper's supervised runs (timm's train script): SimPool under the pooling prefixes."""
     if not any(k.startswith(SUPERVISED_POOL_PREFIXES) for k in raw):
         raise CheckpointError(
             "no SimPool weights found: expected keys under global_pool.pool.*, gp.pool.*, "
@@ -172,10 +192,26 @@ def import_checkpoint(ckpt: Any, key: str | None = None) -> ImportedCheckpoint:
     top = ckpt.get("arch")
     arch = args.get("model") or (top if isinstance(top, str) and timm.models.is_model(top) else None)
     classes = int(sd["head.weight"].shape[0]) if "head.weight" in sd else 0
-    out = ImportedCheckpoint(sd, "timm", arch=arch, gamma=gamma, num_classes=classes)
-    if key == "state_dict_ema":
-        out.notes.append("using the EMA weights (state_dict_ema)")
-    return out
+    notes = ("using the EMA weights (state_dict_ema)",) if key == "state_dict_ema" else ()
+    return ImportedCheckpoint(
+        sd, "timm", arch=arch, gamma=args.get("gamma", UNSET), num_classes=classes, notes=notes
+    )
+
+
+def import_checkpoint(ckpt: Any, key: str | None = None) -> ImportedCheckpoint:
+    """Recognises the layout of a loaded checkpoint and hands it to that layout's converter."""
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"a checkpoint must hold a dict, not {type(ckpt).__name__}")
+    args = _args_of(ckpt)
+    if "teacher" in ckpt or "student" in ckpt:
+        return _dino_teacher_student(ckpt, args, key)
+    config = _own_config(ckpt)
+    raw = _weights_of(ckpt, key)
+    if _is_own(raw, config):
+        return _own_state_dict(raw, config)
+    if _is_bare_dino(raw):
+        return _bare_dino_backbone(raw, args)
+    return _timm_training(ckpt, raw, args, key)
 
 
 def load_weights(model: SimPoolModel, imported: ImportedCheckpoint) -> list[str]:
@@ -261,28 +297,23 @@ def _dino_pos_embed(
     """The paper's DINO ViT (SimPool mode, no [CLS]) resamples its positional embedding at every
     forward pass, even at its training size: its ``interpolate_pos_encoding`` counts the patches as
     ``x.shape[1] - 1`` (written for a [CLS] token it no longer has), so the count never matches and
-    it always runs ``F.interpolate(..., scale_factor=(g + 0.1) / sqrt(N), mode="bicubic")``, which
-    shifts the sampling grid slightly. The trained network only ever saw that resampled embedding,
-    so it is computed once here, exactly as the paper's forward pass does, and stored as the weight.
+    it always runs ``F.interpolate(..., scale_factor=(g + 0.1) / sqrt(N), mode="bicubic")``. The
+    model does the same in its forward (``SimPoolModel.pos_rule``), for any token grid, so the
+    checkpoint's square grid is kept as it is: the model's parameter takes its shape.
     """
     key = "backbone.pos_embed"
     if key not in sd:
         return sd
-    pos = sd[key]
-    n, dim = int(pos.shape[1]), int(pos.shape[2])
-    side = int(math.sqrt(n))
+    n = int(sd[key].shape[1])
+    side = math.isqrt(n)
     if side * side != n:
         raise CheckpointError(f"DINO pos_embed has {n} tokens, not a square grid (a [CLS] entry?)")
-    gh, gw = (int(g) for g in model.backbone.patch_embed.grid_size)
-    grid = pos.double().reshape(1, side, side, dim).permute(0, 3, 1, 2)
-    out = torch.nn.functional.interpolate(
-        grid, scale_factor=((gh + 0.1) / math.sqrt(n), (gw + 0.1) / math.sqrt(n)), mode="bicubic"
+    current = model.backbone.pos_embed
+    if current.shape != sd[key].shape:
+        model.backbone.pos_embed = torch.nn.Parameter(torch.zeros_like(sd[key]))
+    notes.append(
+        f"pos_embed kept on its {side}x{side} grid: resampled in every forward, as the paper's DINO ViT does"
     )
-    if tuple(out.shape[-2:]) != (gh, gw):
-        raise CheckpointError(f"cannot resample the DINO pos_embed from {side}x{side} to {gh}x{gw}")
-    sd = dict(sd)
-    sd[key] = out.permute(0, 2, 3, 1).reshape(1, gh * gw, dim).to(pos.dtype)
-    notes.append(f"pos_embed resampled as the paper's DINO ViT does at every forward ({gh}x{gw} grid)")
     return sd
 
 

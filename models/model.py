@@ -14,6 +14,7 @@ All parameters live under ``backbone.*`` (timm's own names, final norm included)
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -25,6 +26,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 from torch.nn import functional as F
 
+from simpool_serve.models.resample import resample_grid
 from simpool_serve.models.simpool import SimPool
 
 Family = Literal["resnet", "convnext", "vit"]
@@ -107,29 +109,52 @@ class SimPoolModel(nn.Module):
         assert isinstance(norm, nn.LayerNorm)  # timm's LayerNorm2d is a LayerNorm too
         return norm
 
+    @property
+    def pos_rule(self) -> str:
+        """How a ViT resamples its position embedding to the token grid, as its checkpoint's code does:
+        the paper's DINO ViT (pooled, then normalised) always applies DINO's rule; timm's models
+        use timm's (the identity on the grid they were built for)."""
+        return "dino" if self.family == "vit" and self.placement == "pool_then_norm" else "timm"
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Backbone output before pooling: (B, C, H, W) for CNNs, (B, N, C) for ViT."""
+        """Backbone output before pooling: (B, C, h, w) for CNNs, (B, h·w, C) for ViT."""
         bb = self.backbone
         if self.family != "vit":
             return bb.forward_features(x)  # ConvNeXt: its norm sits in the head, not applied here
-        if self.placement == "norm_then_pool":
-            return bb.forward_features(x)  # ends with the final norm
-        x = bb.patch_embed(x)
-        x = bb._pos_embed(x)
-        x = bb.patch_drop(x)
-        x = bb.norm_pre(x)
-        return bb.blocks(x)  # DINO: the final norm comes after pooling
+        tokens, _ = self._vit_tokens(x)
+        return tokens
 
-    def grid(self, feats: torch.Tensor) -> tuple[int, int]:
-        if feats.dim() == 4:
-            return int(feats.shape[2]), int(feats.shape[3])
-        gh, gw = self.backbone.patch_embed.grid_size
-        return int(gh), int(gw)
+    def _vit_tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """timm's forward_features at any H×W: the stride-16 patch convolution drops the remainder
+        pixels (never padded), and the position embedding is resampled to the token grid."""
+        bb = self.backbone
+        patches = bb.patch_embed.proj(x)  # (B, C, h, w) with h = floor(H/16), w = floor(W/16)
+        h, w = patches.shape[2], patches.shape[3]
+        tokens = bb.patch_embed.norm(patches.flatten(2).transpose(1, 2))
+        source = self._pos_grid()
+        pos = resample_grid(bb.pos_embed, source, (h, w), self.pos_rule)
+        tokens = bb.norm_pre(bb.pos_drop(tokens + pos.to(tokens.dtype)))
+        tokens = bb.blocks(tokens)
+        if self.placement == "norm_then_pool":
+            tokens = bb.norm(tokens)  # DINO: the final norm comes after pooling
+        return tokens, (h, w)
+
+    def _pos_grid(self) -> tuple[int, int]:
+        """The grid the stored position embedding covers (DINO keeps its checkpoint's square grid)."""
+        n = int(self.backbone.pos_embed.shape[1])
+        if self.pos_rule == "dino":
+            side = math.isqrt(n)
+            return side, side
+        gh, gw = (int(g) for g in self.backbone.patch_embed.grid_size)
+        return gh, gw
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """x: normalised images (B, 3, S, S) -> (embedding (B, D), attention (B, h, w), logits or None)."""
-        feats = self.features(x)
-        h, w = self.grid(feats)
+        """x: normalised images (B, 3, H, W) -> (embedding (B, D), attention (B, h, w), logits or None)."""
+        if self.family == "vit":
+            feats, (h, w) = self._vit_tokens(x)
+        else:
+            feats = self.features(x)
+            h, w = feats.shape[2], feats.shape[3]  # the CNN's own grid, symbolic when exported
         pooled, attn = self.pool(feats)  # (B, D), (B, h·w)
         if self.placement == "pool_then_norm":
             norm = self._final_norm()

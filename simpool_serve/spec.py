@@ -16,7 +16,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 # -- the graph's tensors ---------------------------------------------------------------------------
 
-INPUT = "images"  # uint8 [N, S, S, 3]: RGB pixels, resized and centre-cropped; normalised in the graph
+INPUT = "images"  # uint8 [N, H, W, 3]: RGB pixels (S×S for the crop view); normalised in the graph
+# Optional float32 scalar (default 1.0, an initializer): the normalised image is rescaled bilinearly
+# by it inside the graph before the backbone. Graphs whose manifest lacks `scale_input` have no such input.
+SCALE_INPUT = "scale"
 EMBEDDING = "embedding"  # float32 [N, D], not L2-normalised
 ATTENTION = "attention"  # float32 [N, h, w], each map sums to 1
 LOGITS = "logits"  # float32 [N, C], only when the model has a classifier
@@ -85,6 +88,16 @@ class Manifest(BaseModel):
     quantization: Quantization | None = None
     created_at: str | None = None
     exporter_version: str | None = None
+    # Graphs of any size (absent, hence false/null, in folders exported before they existed):
+    dynamic_size: bool = Field(
+        False, description="The graph takes any H×W: `images` is [N, H, W, 3] with symbolic N, H and W."
+    )
+    scale_input: str | None = Field(
+        None, description="Name of the optional float32 scalar input that rescales the normalised image."
+    )
+    min_side: int | None = Field(
+        None, ge=1, description="Smallest side, after the scale, the backbone takes: 32 (CNN) or 16 (ViT)."
+    )
 
     def label(self, index: int) -> str:
         """The class name when the manifest has labels, else the index as text."""

@@ -128,7 +128,7 @@ def dino_vit_tokens(bb: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     interpolate_pos_encoding): it counts x.shape[1] - 1 patches although it has no [CLS] token, so the
     count never matches and the position embedding is always resampled, also at 224 px."""
     w, h = x.shape[2], x.shape[3]
-    x = bb.patch_embed(x)
+    x = bb.patch_embed.proj(x).flatten(2).transpose(1, 2)  # its PatchEmbed: conv, flatten, transpose
     pos, dim = bb.pos_embed, x.shape[-1]
     n = pos.shape[1]
     if x.shape[1] - 1 != n or w != h:  # always true here, as in the paper
@@ -579,3 +579,83 @@ def test_vit_checkpoint_at_another_image_size(layouts: dict[str, Layout]) -> Non
     with torch.no_grad():
         emb, attn, logits = model(torch.randn(2, 3, 160, 160))
     assert emb.shape == (2, 384) and attn.shape == (2, 10, 10) and logits.shape == (2, 1000)
+
+
+# -- the paper's retrieval protocol (DINO's multi_scale), against an independent float64 reference -----
+
+RETRIEVAL_SCALES = (1.0, 2**-0.5, 0.5)  # self_supervised/utils.py multi_scale
+
+
+def retrieval_photos() -> list[tuple[str, Image.Image, tuple[int, int, int, int] | None, int]]:
+    """Decoded real photographs of several aspect ratios: (name, image, region box or None, size)."""
+    import skimage.data as data
+
+    coffee = Image.fromarray(data.coffee())  # 600x400, landscape 3:2
+    rocket = Image.fromarray(data.rocket()).transpose(Image.Transpose.ROTATE_90)  # 427x640, portrait
+    astronaut = Image.fromarray(data.astronaut())  # 512x512
+    chelsea = Image.fromarray(data.chelsea())  # 451x300
+    return [
+        ("coffee", coffee, None, 224),
+        ("rocket-portrait", rocket, None, 224),
+        ("astronaut-region", astronaut, (60, 20, 430, 300), 224),
+        ("chelsea", chelsea, None, 320),
+    ]
+
+
+def full_view(image: Image.Image, box: tuple[int, int, int, int] | None, size: int) -> np.ndarray:
+    """The region first (if any), then Pillow's thumbnail: aspect kept, never enlarged."""
+    img = image.crop(box) if box is not None else image.copy()
+    img.thumbnail((size, size), Image.LANCZOS)
+    return np.asarray(img.convert("RGB"))
+
+
+def multi_scale_reference(layout: Layout, pixels: np.ndarray) -> np.ndarray:
+    """float64: normalise, rescale the normalised tensor bilinearly per scale, the layout's forward
+    (backbone, SimPool with per-image γ-pooling, final norm), mean over scales, L2."""
+    x = pixels.astype(np.float64).transpose(2, 0, 1)[None] / 255.0
+    x = (x - np.array(layout.mean).reshape(1, 3, 1, 1)) / np.array(layout.std).reshape(1, 3, 1, 1)
+    x = torch.from_numpy(x)
+    total = None
+    for s in RETRIEVAL_SCALES:
+        inp = (
+            x
+            if s == 1
+            else torch.nn.functional.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False)
+        )
+        with torch.no_grad():
+            feats = layout.features(layout.backbone, inp).numpy()
+        pooled, _ = simpool_reference(feats, layout.pool, layout.gamma, layout.use_beta)
+        if layout.norm is not None:
+            pooled = layer_norm(pooled, *layout.norm)
+        total = pooled if total is None else total + pooled
+    v = total[0] / len(RETRIEVAL_SCALES)
+    return v / np.linalg.norm(v)
+
+
+def multi_scale_onnx(session: ort.InferenceSession, pixels: np.ndarray) -> np.ndarray:
+    """The same through the graph: uint8 pixels in, each scale fed to its `scale` input."""
+    total = np.zeros(0)
+    for s in RETRIEVAL_SCALES:
+        (emb,) = session.run(["embedding"], {"images": pixels[None], "scale": np.array(s, np.float32)})
+        total = emb[0].astype(np.float64) + (total if total.size else 0.0)
+    v = total / len(RETRIEVAL_SCALES)
+    return v / np.linalg.norm(v)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["dino_resnet50", "dino_vit_small", "supervised_resnet50"])
+def test_multi_scale_full_view_matches_float64_reference(
+    name: str, layouts: dict[str, Layout], exported: dict[str, tuple[Path, str]]
+) -> None:
+    """The retrieval descriptor (full view, 3 scales inside the graph) is the paper's protocol."""
+    layout = layouts[name]
+    session = ort.InferenceSession(str(exported[name][0] / "model.onnx"), providers=["CPUExecutionProvider"])
+    shapes = set()
+    for photo, image, box, size in retrieval_photos():
+        pixels = full_view(image, box, size)
+        shapes.add(pixels.shape[:2])
+        ref = multi_scale_reference(layout, pixels)
+        got = multi_scale_onnx(session, pixels)
+        err = float(np.abs(got - ref).max() / np.abs(ref).max())
+        assert err < 1e-4, (photo, pixels.shape, err)
+    assert len(shapes) == 4 and any(h > w for h, w in shapes) and any(w > h for h, w in shapes)

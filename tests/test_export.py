@@ -83,10 +83,19 @@ def test_graph_signature(model_repo: Path, name: str) -> None:
     assert not list(d.glob("*.data")) and not any(
         init.data_location == onnx.TensorProto.EXTERNAL for init in model.graph.initializer
     )
-    (inp,) = model.graph.input
+    initializers = {i.name for i in model.graph.initializer}
+    required = [i for i in model.graph.input if i.name not in initializers]
+    (inp,) = required  # `images` is the only input a caller must feed
     assert inp.name == "images" and inp.type.tensor_type.elem_type == onnx.TensorProto.UINT8
     dims = inp.type.tensor_type.shape.dim
-    assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [224, 224, 3]
+    # N, H and W are symbolic: the graph takes any size, not only the 224x224 it was exported at.
+    assert [d.dim_param for d in dims[:3]] == ["N", "H", "W"] and dims[3].dim_value == 3
+    assert not any(d.dim_value for d in dims[:3])
+    (scale,) = [i for i in model.graph.input if i.name == m["scale_input"]]
+    assert scale.type.tensor_type.elem_type == onnx.TensorProto.FLOAT and not scale.type.tensor_type.shape.dim
+    default = next(i for i in model.graph.initializer if i.name == "scale")
+    assert onnx.numpy_helper.to_array(default) == np.float32(1.0)
+    assert m["dynamic_size"] is True and m["min_side"] == {"resnet18": 32, "vit_tiny": 16}[name]
     outs = {o.name: o for o in model.graph.output}
     assert list(outs) == m["outputs"]
     for o in outs.values():
@@ -188,6 +197,7 @@ def test_convnext_options(tmp_path: Path) -> None:
         (["--arch", "efficientnet_b0", "--random-init"], "not a timm ResNet, ConvNeXt or ViT"),
         (["--arch", "resnet18", "--random-init", "--gamma", "big"], "expected a number or 'none'"),
         (["--arch", "vit_tiny_patch16_224", "--random-init", "--opset", "13"], "--opset must be between 14"),
+        (["--checkpoint", "/nonexistent/weights.pth"], "checkpoint /nonexistent/weights.pth does not exist"),
     ],
 )
 def test_usage_errors_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
@@ -195,6 +205,22 @@ def test_usage_errors_exit_2(tmp_path: Path, args: list[str], message: str) -> N
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert message in proc.stderr
     assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_missing_checkpoint_fails_before_torch_loads(tmp_path: Path) -> None:
+    """A mistyped path is reported in one line, before torch and timm are even imported."""
+    import subprocess
+    import sys
+
+    missing = tmp_path / "nope.pth"
+    code = (
+        "import sys; from simpool_serve.export.cli import main; "
+        f"rc = main(['--out', {str(tmp_path / 'out')!r}, '--checkpoint', {str(missing)!r}]); "
+        "print(rc, 'torch' in sys.modules, 'timm' in sys.modules)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.split() == ["2", "False", "False"], proc.stdout + proc.stderr
+    assert proc.stderr.strip() == f"error: checkpoint {missing} does not exist"
 
 
 def test_preprocessing_uses_the_papers_evaluation_crop() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import timm
@@ -21,7 +23,18 @@ CASES = [
 ]
 
 
-def reference_features(arch: str, norm: bool, sd: dict[str, torch.Tensor], x: torch.Tensor) -> np.ndarray:
+def dino_pos_embed(pos: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """The paper's DINO ViT: bicubic with scale factor (g + 0.1) / 14, applied at every size."""
+    side = int(math.sqrt(pos.shape[1]))
+    grid = pos.reshape(1, side, side, -1).permute(0, 3, 1, 2)
+    factor = ((h // 16 + 0.1) / side, (w // 16 + 0.1) / side)
+    out = torch.nn.functional.interpolate(grid, scale_factor=factor, mode="bicubic")
+    return out.permute(0, 2, 3, 1).reshape(1, -1, pos.shape[-1])
+
+
+def reference_features(
+    arch: str, norm: bool, sd: dict[str, torch.Tensor], x: torch.Tensor, dino: bool = False
+) -> np.ndarray:
     """Backbone features from a freshly built timm model in float64 (not our wrapper's code path)."""
     kwargs = {"class_token": False} if family_of(arch) == "vit" else {}
     bb = timm.create_model(arch, num_classes=0, global_pool="", **kwargs).double().eval()
@@ -29,7 +42,8 @@ def reference_features(arch: str, norm: bool, sd: dict[str, torch.Tensor], x: to
     with torch.no_grad():
         if family_of(arch) != "vit":
             return bb.forward_features(x).numpy()
-        t = bb.patch_embed(x) + bb.pos_embed
+        pos = dino_pos_embed(bb.pos_embed, x.shape[2], x.shape[3]) if dino else bb.pos_embed
+        t = bb.patch_embed(x) + pos
         for blk in bb.blocks:
             t = blk(t)
         return (bb.norm(t) if norm else t).numpy()
@@ -53,7 +67,9 @@ def test_model_matches_float64_reference(
     assert emb.shape == (2, dim) and attn.shape == (2, *grid) and logits.shape == (2, 10)
 
     sd = {k: v.double() if v.is_floating_point() else v for k, v in model.state_dict().items()}
-    feats = reference_features(arch, model.placement == "norm_then_pool", sd, x.double())
+    # A ViT pooled, then normalised, is the paper's DINO ViT: it resamples its pos_embed at every size.
+    dino = model.family == "vit" and model.placement == "pool_then_norm"
+    feats = reference_features(arch, model.placement == "norm_then_pool", sd, x.double(), dino)
     pool = {k[len("pool.") :]: v.numpy() for k, v in sd.items() if k.startswith("pool.")}
     ref_emb, ref_attn = simpool_reference(feats, pool, gamma, use_beta=gamma is not None)
     if model.placement == "pool_then_norm":
