@@ -23,10 +23,11 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from conftest import free_port, running_process
 from PIL import Image
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.helpers import free_port, running_process
+
+REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "Dockerfile"
 COMPOSE = REPO / "docker-compose.yml"
 PROMETHEUS_YML = REPO / "deploy" / "prometheus" / "prometheus.yml"

@@ -28,11 +28,12 @@ from typing import NamedTuple
 import httpx
 import numpy as np
 import pytest
-from conftest import free_port, start_server, wait_ready
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.helpers import free_port, start_server, wait_ready
+
+REPO = Path(__file__).resolve().parents[2]
 NGINX_CONF = REPO / "deploy" / "nginx" / "simpool.conf"
 NGINX = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.access(p, os.X_OK)), None)
 BIN = Path(sys.executable).parent

@@ -22,10 +22,10 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from conftest import Server, free_port, running_process, start_server
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
-from test_deploy import (
+
+from tests.deploy.test_deploy import (
     ALERTS_YML,
     PROMETHEUS_YML,
     concrete_promql,
@@ -33,6 +33,7 @@ from test_deploy import (
     load_yaml,
     metric_names,
 )
+from tests.helpers import Server, free_port, running_process, start_server
 
 PROMETHEUS = shutil.which("prometheus")
 PROMTOOL = shutil.which("promtool")

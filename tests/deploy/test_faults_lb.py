@@ -11,8 +11,9 @@ import time
 from pathlib import Path
 
 import httpx
-from test_deploy_lb import balanced_replicas, png_b64
-from test_deploy_lb import pytestmark as needs_nginx
+
+from tests.deploy.test_deploy_lb import balanced_replicas, png_b64
+from tests.deploy.test_deploy_lb import pytestmark as needs_nginx
 
 pytestmark = needs_nginx
 CLIENTS = 4

@@ -28,11 +28,12 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-from conftest import Server
 from prometheus_client.parser import text_string_to_metric_families
-from test_deploy import metric_names
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.deploy.test_deploy import metric_names
+from tests.helpers import Server
+
+REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "deploy" / "k8s"
 SCHEMAS = K8S / "schemas"
 ADAPTER_VALUES = K8S / "prometheus-adapter" / "values.yaml"
@@ -432,8 +433,9 @@ def test_autoscaling_queries_select_the_service_in_a_real_prometheus(
     """The adapter's queries (templates filled as the adapter fills them) and KEDA's, run by a real
     Prometheus scraping the real server with the labels the Prometheus Operator would attach: each
     returns the pod's series, and the busy time moves with traffic."""
-    from conftest import free_port
     from test_deploy_prometheus import jpeg, query, run_prometheus, wait_for
+
+    from tests.helpers import free_port
 
     if shutil.which("prometheus") is None:
         pytest.skip("Debian's `prometheus` binary is not installed (.ci/run installs it with apt)")

@@ -11,8 +11,9 @@ import threading
 from collections.abc import Iterator
 
 import uvicorn
-from conftest import free_port, wait_ready
 from fastapi import FastAPI
+
+from tests.helpers.process import free_port, wait_ready
 
 
 @contextlib.contextmanager

@@ -29,13 +29,13 @@ import pytest
 import timm
 import torch
 import torchvision
-from conftest import run_export
 from PIL import Image
-from test_simpool_head import layer_norm, rel_err, simpool_reference
 
 from simpool_serve.models.checkpoint import import_checkpoint, load_weights, resolve_config, save_checkpoint
 from simpool_serve.models.model import ModelConfig, build_model
 from simpool_serve.models.safe_load import load_file
+from tests.helpers import run_export
+from tests.unit.test_simpool_head import layer_norm, rel_err, simpool_reference
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 

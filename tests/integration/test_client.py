@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import Server, cosine, start_server
 from PIL import Image
 
 from simpool_serve.client import (
@@ -22,6 +21,7 @@ from simpool_serve.client import (
     PayloadTooLargeError,
     SimPoolClient,
 )
+from tests.helpers import Server, cosine, start_server
 
 API_KEY = "test-key-5"
 LIMITED_BYTES = 400_000  # camera.png + logo.png (322 kB, 430 kB as base64) do not fit in one request

@@ -9,8 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Server, cosine, free_port
-from loopback_proxy import ProxyScript, loopback_proxy
 
 from simpool_serve.client import (
     AsyncSimPoolClient,
@@ -20,6 +18,8 @@ from simpool_serve.client import (
     SimPoolConnectionError,
 )
 from simpool_serve.client.retry import parse_retry_after
+from tests.helpers import Server, cosine, free_port
+from tests.helpers.loopback_proxy import ProxyScript, loopback_proxy
 
 
 def test_retries_503_then_succeeds(server: Server, photos: dict[str, Path]) -> None:

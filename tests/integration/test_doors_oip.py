@@ -11,7 +11,6 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.http as triton
-from conftest import DOOR_KEY, Server, cosine
 from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.utils import InferenceServerException
@@ -19,6 +18,7 @@ from tritonclient.utils import InferenceServerException
 from simpool_serve.service.engine.preprocess import decode_image
 from simpool_serve.service.oip.model_config import triton_config
 from simpool_serve.spec import fingerprint, load_manifest
+from tests.helpers import DOOR_KEY, Server, cosine
 
 
 def triton_client(server: Server, **kwargs: object) -> triton.InferenceServerClient:

@@ -10,7 +10,8 @@ import httpx
 import numpy as np
 import openai
 import pytest
-from conftest import DOOR_KEY, Server, cosine
+
+from tests.helpers import DOOR_KEY, Server, cosine
 
 
 def data_uri(path: Path) -> str:

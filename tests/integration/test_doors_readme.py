@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT, Server
+
+from tests.helpers import REPO_ROOT, Server
 
 
 def protocol_examples() -> list[str]:

@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import BIN, Server, cosine, free_port, start_server
-from loopback_proxy import ProxyScript, loopback_proxy
 from PIL import Image
 
 from simpool_serve.client import SimPoolClient
 from simpool_serve.client.embed_cli import main
+from tests.helpers import BIN, Server, cosine, free_port, start_server
+from tests.helpers.loopback_proxy import ProxyScript, loopback_proxy
 
 BROKEN = {"broken.jpg", "deep/truncated.jpg"}
 KEY = "embed-key"

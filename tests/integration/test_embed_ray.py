@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import BIN, cosine
-from test_embed_cli import BROKEN, make_source, rows, summary
 
 from simpool_serve.client import store
 from simpool_serve.client.embed_cli import main
 from simpool_serve.client.ray_job import Plan
+from tests.helpers import BIN, cosine
+from tests.integration.test_embed_cli import BROKEN, make_source, rows, summary
 
 pytest.importorskip("ray.data")
 

@@ -12,15 +12,15 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from conftest import run_export
 from PIL import Image
-from test_simpool_head import rel_err
 
 from simpool_serve.export.graph import ServingGraph
 from simpool_serve.export.parity import check_parity
 from simpool_serve.export.preprocess import preprocessing_for
 from simpool_serve.models.model import ModelConfig, build_model
 from simpool_serve.spec import Manifest
+from tests.helpers import run_export
+from tests.unit.test_simpool_head import rel_err
 
 
 def manifest_of(d: Path) -> dict:

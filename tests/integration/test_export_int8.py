@@ -15,11 +15,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from conftest import cosine, run_export, start_server
 from PIL import Image
 
 from simpool_serve.service.engine.preprocess import decode_image
 from simpool_serve.spec import fingerprint, load_manifest
+from tests.helpers import cosine, run_export, start_server
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field")
 VARIANTS = 5  # 30 images: 24 calibrate, 6 held out

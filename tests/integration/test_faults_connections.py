@@ -17,7 +17,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import BIN, free_port, running_process
+
+from tests.helpers import BIN, free_port, running_process
 
 IDLE = 2000
 SLOW = 20

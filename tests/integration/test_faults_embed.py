@@ -18,8 +18,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import skimage.data as data
-from conftest import BIN, Server
 from PIL import Image
+
+from tests.helpers import BIN, Server
 
 COUNT = 120
 

@@ -18,12 +18,12 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from inprocess import serve_in_thread
 
 from simpool_serve.service.app import create_app
 from simpool_serve.service.engine.providers import ProviderOptions
 from simpool_serve.service.engine.runner import OnnxRunner
 from simpool_serve.service.settings import Settings
+from tests.helpers.inprocess import serve_in_thread
 
 FAILING_AFTER = 3
 

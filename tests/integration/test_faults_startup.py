@@ -12,7 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import BIN, free_port
+
+from tests.helpers import BIN, free_port
 
 
 def truncate(folder: Path, model_repo: Path) -> None:

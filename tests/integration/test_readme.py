@@ -18,7 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import BIN, REPO_ROOT, free_port, running_process
+
+from tests.helpers import BIN, REPO_ROOT, free_port, running_process
 
 MARKED = re.compile(r"<!-- readme-test(?::\s*(\w+))? -->\n```\w+\n(.*?)```", re.S)
 

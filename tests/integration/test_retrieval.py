@@ -9,8 +9,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import BIN, REPO_ROOT, Server
 from PIL import Image
+
+from tests.helpers import BIN, REPO_ROOT, Server
 
 EXAMPLE = REPO_ROOT / "examples" / "retrieval"
 # More of scikit-image's photographs (shipped with it, no download), beside the shared fixture's.

@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 
 import httpx
-from conftest import BIN, Server
+
+from tests.helpers import BIN, Server
 
 PREFIX = "simpool-serve: error: "
 

@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import cosine
 from PIL import Image
 
 from simpool_serve.service.engine import Engine
@@ -23,6 +22,7 @@ from simpool_serve.service.engine.runner import OnnxRunner, ProviderError
 from simpool_serve.service.metrics import Metrics
 from simpool_serve.service.settings import Settings
 from simpool_serve.spec import Manifest, load_manifest
+from tests.helpers import cosine
 
 
 @pytest.fixture(scope="module")

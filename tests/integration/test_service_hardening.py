@@ -13,9 +13,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import Server, start_server
 from PIL import Image
-from test_service_stages import encode, manifest
 
 from simpool_serve.service.engine.decode import payload_bytes
 from simpool_serve.service.engine.jpeg import count_scans
@@ -27,6 +25,8 @@ from simpool_serve.service.engine.preprocess import (
     decode_image,
     geometry,
 )
+from tests.helpers import Server, start_server
+from tests.unit.test_service_stages import encode, manifest
 
 # -- JPEG scans -----------------------------------------------------------------------------------
 

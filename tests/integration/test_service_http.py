@@ -14,14 +14,14 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import BIN, Server
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
-from test_service_stages import png_bomb
 
 from simpool_serve.service.engine.preprocess import decode_image
 from simpool_serve.service.engine.runner import OnnxRunner
 from simpool_serve.spec import fingerprint, load_manifest
+from tests.helpers import BIN, Server
+from tests.unit.test_service_stages import png_bomb
 
 
 def b64(path: Path) -> str:
@@ -357,6 +357,6 @@ def test_a_missing_provider_exits_3_as_documented(model_repo: Path) -> None:
     cmd = [str(BIN / "simpool-serve"), "--model-dir", str(model_repo), "--host", "127.0.0.1", "--port", "0"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 3 and "NoSuchExecutionProvider" in done.stderr
-    docs = (Path(__file__).resolve().parents[1] / "docs" / "service.md").read_text()
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "service.md").read_text()
     providers = next(p for p in docs.split("\n\n") if p.startswith("Providers:"))
     assert "exit with code 3" in " ".join(providers.split())

@@ -18,10 +18,11 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import BIN, Server, start_server
 from PIL import Image
-from test_service_http import metric_values, value
-from test_service_stages import png_bomb
+
+from tests.helpers import BIN, Server, start_server
+from tests.integration.test_service_http import metric_values, value
+from tests.unit.test_service_stages import png_bomb
 
 
 def b64(data: bytes) -> str:

@@ -6,7 +6,7 @@ import base64
 import re
 from pathlib import Path
 
-from conftest import Server
+from tests.helpers import Server
 
 
 def test_docs_pages_load_every_asset_from_the_service(server: Server) -> None:

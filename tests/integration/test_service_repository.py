@@ -19,7 +19,6 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import BIN
 
 from simpool_serve.service.app import create_app
 from simpool_serve.service.engine import Engine, LoadedModel
@@ -27,6 +26,7 @@ from simpool_serve.service.engine.verify import ModelMismatchError
 from simpool_serve.service.metrics import Metrics
 from simpool_serve.service.settings import Settings
 from simpool_serve.spec import load_manifest
+from tests.helpers import BIN
 
 
 def copy_model(model_repo: Path, name: str, repo: Path, as_name: str | None = None) -> Path:

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import REPO_ROOT, Server
+from tests.helpers import REPO_ROOT, Server
 
 
 def test_one_minute_soak_meets_the_goals(server: Server, tmp_path: Path) -> None:

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import onnxruntime as ort
 import pytest
-from conftest import run_export
 from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from simpool_serve.service.oip.model_config import to_pbtxt, triton_config
 from simpool_serve.spec import fingerprint, load_manifest, sha256_file
+from tests.helpers import run_export
 
 ORT_TYPES = {"tensor(uint8)": mc.TYPE_UINT8, "tensor(float)": mc.TYPE_FP32}
 

@@ -18,11 +18,11 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from conftest import REPO_ROOT, Server, start_server
 from PIL import Image
 
 from simpool_serve.service.engine.preprocess import geometry
 from simpool_serve.spec import Manifest
+from tests.helpers import REPO_ROOT, Server, start_server
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

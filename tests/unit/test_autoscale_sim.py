@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("autoscale_sim", REPO / "bench" / "autoscale_sim.py")
 assert _spec and _spec.loader
 sim = importlib.util.module_from_spec(_spec)

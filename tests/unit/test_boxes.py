@@ -9,12 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import Server
 from PIL import Image
 
 from simpool_serve.service.boxes import attention_box, components, grid_box, top_mass_mask
 from simpool_serve.service.engine.preprocess import decode, load_original
 from simpool_serve.spec import Manifest
+from tests.helpers import Server
 
 # Sums to 1. Sorted: 0.25 (2,2), 0.20 (1,1), 0.20 (3,4), 0.15 (1,2), 0.10 (0,4), 0.05, 0.03, 0.02.
 HAND = np.array(

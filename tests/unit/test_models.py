@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import timm
 import torch
-from test_simpool_head import layer_norm, rel_err, simpool_reference
 
 from simpool_serve.models.model import ModelConfig, build_model, family_of
+from tests.unit.test_simpool_head import layer_norm, rel_err, simpool_reference
 
 CASES = [
     # arch, placement, gamma, grid (CNNs run at 128 px to keep the float64 runs quick)
