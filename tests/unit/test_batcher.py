@@ -15,7 +15,7 @@ import pytest
 from simpool_serve.service.engine.batcher import Batcher
 from simpool_serve.service.engine.errors import EngineError, Kind
 from simpool_serve.service.metrics import Metrics
-from tests.helpers.engine import run
+from tests.helpers.engine import NOT_READY, OVERLOADED, run
 
 POISON = 255  # an image whose first pixel is this makes the fake graph raise
 
@@ -176,7 +176,7 @@ def test_the_queue_is_bounded_and_cancel_drops_queued_images() -> None:
         return full.value, dropped, answers
 
     full, dropped, answers = run(scenario())
-    assert full.kind is Kind.UNAVAILABLE and full.retry_after_s == 1
+    assert full.kind is OVERLOADED and full.retry_after_s == 1
     assert dropped == 2
     assert [int(a[0]["id"]) for a in answers] == [1, 4]
     assert [2] not in graph.batches and [3] not in graph.batches
@@ -199,7 +199,7 @@ def test_close_answers_everything_queued_then_refuses() -> None:
 
     answers, refused = run(scenario())
     assert [int(a[0]["id"]) for a in answers] == [1, 2, 3, 4, 5, 6]
-    assert refused.kind is Kind.UNAVAILABLE
+    assert refused.kind is NOT_READY
 
 
 def test_lanes_run_batches_at_once_and_a_lone_batch_on_every_thread() -> None:
@@ -240,4 +240,4 @@ def test_a_stopped_batcher_refuses_and_answers_its_queue() -> None:
         return not_started.value, stopped.value
 
     not_started, stopped = run(scenario())
-    assert not_started.kind is Kind.UNAVAILABLE and stopped.kind is Kind.UNAVAILABLE
+    assert not_started.kind is NOT_READY and stopped.kind is NOT_READY

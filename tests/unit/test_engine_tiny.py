@@ -15,7 +15,7 @@ from PIL import Image
 from simpool_serve.service.engine import EngineError, Kind
 from simpool_serve.service.engine.preprocess import decode_image
 from simpool_serve.service.engine.verify import ModelMismatchError
-from tests.helpers.engine import build_engine, engine_over, run
+from tests.helpers.engine import NOT_READY, build_engine, engine_over, infer, run
 from tests.helpers.tiny_model import write_tiny_model, write_tiny_repository
 
 
@@ -53,7 +53,7 @@ def test_repository_loads_and_the_engine_is_ready(repo: Path) -> None:
         assert engine.not_ready_reason() == "models are loading"
         with pytest.raises(EngineError) as early:
             engine.model("tiny_cls")
-        assert early.value.kind is Kind.UNAVAILABLE
+        assert early.value.kind is NOT_READY
         try:
             await engine.load()
             assert engine.not_ready_reason() is None
@@ -74,7 +74,7 @@ def test_pixels_give_the_graphs_own_answer_in_any_batch(repo: Path) -> None:
     async def scenario() -> list:
         async with engine_over(repo) as engine:
             model = engine.model("tiny_cls")
-            answer = await engine.run(model, pixels=pixels, deadline=engine.deadline())
+            answer = await infer(engine, model, pixels=pixels)
             return answer.outputs
 
     outputs = run(scenario())
@@ -91,7 +91,7 @@ def test_encoded_photos_are_decoded_as_the_preprocessing_says(repo: Path, jpegs:
     async def scenario() -> tuple:
         async with engine_over(repo) as engine:
             model = engine.model("tiny_emb")
-            answer = await engine.run(model, images=jpegs, deadline=engine.deadline())
+            answer = await infer(engine, model, images=jpegs)
             return answer, model.manifest
 
     answer, manifest = run(scenario())
@@ -111,8 +111,8 @@ def test_bad_image_fails_the_request_or_is_skipped(repo: Path, jpegs: list[bytes
         async with engine_over(repo) as engine:
             model = engine.model("tiny_cls")
             with pytest.raises(EngineError) as failed:
-                await engine.run(model, images=images, deadline=engine.deadline())
-            skipped = await engine.run(model, images=images, deadline=engine.deadline(), on_error="skip")
+                await infer(engine, model, images=images)
+            skipped = await infer(engine, model, images=images, on_error="skip")
             return failed.value, skipped
 
     failed, skipped = run(scenario())
@@ -128,19 +128,11 @@ def test_requests_the_engine_refuses(repo: Path) -> None:
             cls, emb = engine.model("tiny_cls"), engine.model("tiny_emb")
             cases = {
                 "unknown": lambda: engine.model("no_such_model"),
-                "too_many": lambda: engine.run(cls, pixels=random_pixels(3), deadline=engine.deadline()),
-                "no_logits": lambda: engine.run(
-                    emb, pixels=random_pixels(1), deadline=engine.deadline(), outputs=("logits",)
-                ),
-                "wrong_size": lambda: engine.run(
-                    cls, pixels=random_pixels(1, 31), deadline=engine.deadline()
-                ),
-                "wrong_dtype": lambda: engine.run(
-                    cls, pixels=random_pixels(1).astype(np.float32), deadline=engine.deadline()
-                ),
-                "both": lambda: engine.run(
-                    cls, images=[b""], pixels=random_pixels(1), deadline=engine.deadline()
-                ),
+                "too_many": lambda: infer(engine, cls, pixels=random_pixels(3)),
+                "no_logits": lambda: infer(engine, emb, pixels=random_pixels(1), outputs=("logits",)),
+                "wrong_size": lambda: infer(engine, cls, pixels=random_pixels(1, 31)),
+                "wrong_dtype": lambda: infer(engine, cls, pixels=random_pixels(1).astype(np.float32)),
+                "both": lambda: infer(engine, cls, images=[b""], pixels=random_pixels(1)),
             }
             for name, call in cases.items():
                 try:
@@ -170,9 +162,9 @@ def test_a_passed_deadline_is_a_timeout_and_gives_the_places_back(repo: Path, jp
             model = engine.model("tiny_cls")
             loop_now = engine.deadline() - 3600  # long past
             with pytest.raises(EngineError) as late:
-                await engine.run(model, images=jpegs, deadline=loop_now)
+                await infer(engine, model, images=jpegs, deadline=loop_now)
             # Every place came back: a request filling the whole queue is admitted.
-            answer = await engine.run(model, pixels=random_pixels(4), deadline=engine.deadline())
+            answer = await infer(engine, model, pixels=random_pixels(4))
             return late.value, len(answer.outputs)
 
     late, answered = run(scenario())
