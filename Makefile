@@ -58,6 +58,11 @@ test: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest
 
+# The unit tier only (tests/unit: fakes and tiny in-memory graphs; no export, no server, no subprocess).
+.PHONY: test-fast
+test-fast: $(STAMP)
+	$(BIN)/pytest tests/unit
+
 # The Dockerfile and docker-compose.yml built and run for real: podman's Docker API + docker-compose,
 # as root, with stand-in base images when no registry is reachable (docs/deploy.md).
 .PHONY: compose-test

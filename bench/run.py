@@ -29,7 +29,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -211,7 +211,7 @@ def _lone_cells(one: dict | None) -> str:
     return f"{one['lone_ms']:.1f} | {one['graph_ms']:.1f} | {one['overhead_ms']:+.1f}"
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model-dir", type=Path, default=Path("model_repository"))
     p.add_argument("--models", default="resnet50_simpool", help="comma-separated model folders")
@@ -230,86 +230,155 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lone-gap", type=float, default=0.25, help="idle seconds before each lone request")
     p.add_argument("--json", type=Path, help="also write the figures here")
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="extra service setting")
-    args = p.parse_args(argv)
-    if shutil.which("hey") is None:
-        raise SystemExit("bench needs `hey` (Debian: apt-get install hey)")
-    names = [m for m in args.models.split(",") if m]
-    door_names = DOOR_NAMES if args.doors == "all" else [d.strip() for d in args.doors.split(",")]
-    unknown = sorted(set(door_names) - set(DOOR_NAMES))
-    if unknown:
-        raise SystemExit(f"unknown doors {unknown}; known: {DOOR_NAMES}")
-    clients = [int(c) for c in args.concurrency.split(",")]
-    if args.lanes is None:
-        plan = ThreadPlan.resolve(Settings(providers=[args.provider], intra_op_threads=args.threads))
-        args.lanes = plan.lanes
-    lane_threads = max(1, args.threads // args.lanes)
+    return p.parse_args(argv)
 
-    graphs: dict[str, Graph] = {}
-    offline: dict[str, Offline] = {}
-    for name in names:
-        folder = args.model_dir / name
-        manifest = load_manifest(folder / "manifest.json")
-        solo = OnnxRunner(folder / "model.onnx", [args.provider], args.threads)
-        lane = OnnxRunner(folder / "model.onnx", [args.provider], lane_threads) if args.lanes > 1 else None
-        graphs[name] = Graph(name, manifest, solo, lane, args.lanes, args.lane_batch)
-        offline[name] = graphs[name].measure(
-            [int(b) for b in args.batch_sizes.split(",")], args.offline_seconds
+
+@dataclass
+class Run:
+    """What one benchmark run measures, worked out from the command line once."""
+
+    args: argparse.Namespace
+    names: list[str]  # model folders
+    door_names: list[str]
+    clients: list[int]  # concurrency levels
+    lane_threads: int
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Run:
+        """Checks the command line; `args.lanes` becomes the service's own choice when not given."""
+        if shutil.which("hey") is None:
+            raise SystemExit("bench needs `hey` (Debian: apt-get install hey)")
+        door_names = DOOR_NAMES if args.doors == "all" else [d.strip() for d in args.doors.split(",")]
+        unknown = sorted(set(door_names) - set(DOOR_NAMES))
+        if unknown:
+            raise SystemExit(f"unknown doors {unknown}; known: {DOOR_NAMES}")
+        if args.lanes is None:
+            plan = ThreadPlan.resolve(Settings(providers=[args.provider], intra_op_threads=args.threads))
+            args.lanes = plan.lanes
+        return cls(
+            args=args,
+            names=[m for m in args.models.split(",") if m],
+            door_names=door_names,
+            clients=[int(c) for c in args.concurrency.split(",")],
+            lane_threads=max(1, args.threads // args.lanes),
         )
 
-    tmp = Path(tempfile.mkdtemp(prefix="simpool-bench-"))
-    jpeg = bench_image()
-    table = {name: [d for d in doors(name, jpeg) if d.name in door_names] for name in names}
+    def service_env(self) -> dict[str, str]:
+        """The servers' settings: the same provider and thread budget as the offline side."""
+        a = self.args
+        return {
+            "SIMPOOL_PROVIDERS": a.provider,
+            "SIMPOOL_INTRA_OP_THREADS": str(a.threads),
+            "SIMPOOL_INFERENCE_LANES": str(a.lanes),
+            "SIMPOOL_MAX_QUEUE": "1024",
+            **dict(kv.split("=", 1) for kv in a.env),
+        }
+
+
+@dataclass
+class Results:
+    """Every figure of a run: the graphs and their offline tables, the loaded rows, the lone requests."""
+
+    graphs: dict[str, Graph]
+    offline: dict[str, Offline]
+    loaded: dict[tuple[str, str, int], list[dict]] = field(default_factory=dict)
+    lones: dict[tuple[str, str], dict] = field(default_factory=dict)
+
+
+def open_graphs(run: Run) -> Results:
+    """Each model's sessions in this process, and its offline table."""
+    a = run.args
+    graphs: dict[str, Graph] = {}
+    offline: dict[str, Offline] = {}
+    for name in run.names:
+        folder = a.model_dir / name
+        manifest = load_manifest(folder / "manifest.json")
+        solo = OnnxRunner(folder / "model.onnx", [a.provider], a.threads)
+        lane = OnnxRunner(folder / "model.onnx", [a.provider], run.lane_threads) if a.lanes > 1 else None
+        graphs[name] = Graph(name, manifest, solo, lane, a.lanes, a.lane_batch)
+        offline[name] = graphs[name].measure([int(b) for b in a.batch_sizes.split(",")], a.offline_seconds)
+    return Results(graphs, offline)
+
+
+def write_bodies(table: dict[str, list[Door]], tmp: Path) -> dict[tuple[str, str], Path]:
+    """Each door's request body as a file, for `hey`."""
     bodies: dict[tuple[str, str], Path] = {}
     for name, ds in table.items():
         for i, door in enumerate(ds):
             bodies[name, door.name] = tmp / f"body-{name}-{i}"
             bodies[name, door.name].write_bytes(door.body)
-    env = {
-        "SIMPOOL_PROVIDERS": args.provider,
-        "SIMPOOL_INTRA_OP_THREADS": str(args.threads),
-        "SIMPOOL_INFERENCE_LANES": str(args.lanes),
-        "SIMPOOL_MAX_QUEUE": "1024",
-        **dict(kv.split("=", 1) for kv in args.env),
-    }
-    loaded: dict[tuple[str, str, int], list[dict]] = {}
-    lones: dict[tuple[str, str], dict] = {}
-    with servers(args.model_dir, names, env, tmp) as up:
-        for name, ds in table.items():  # every door answers before anything is measured
-            for door in ds:
-                if hey(up[name].url, door, bodies[name, door.name], 4, 2.0)["ok"] == 0:
-                    raise SystemExit(f"{name} {door.name}: no 200 answer; see {tmp}/serve-{name}.log")
-        for r in range(args.rounds):
-            for name, ds in table.items():
-                for door in ds[r % len(ds) :] + ds[: r % len(ds)]:  # a different door first each round
-                    for c in clients:
-                        bar, graph_cpu = graphs[name].bar_now(offline[name], args.recheck_seconds)
-                        before = thread_cpu(up[name].pid)
-                        row = hey(up[name].url, door, bodies[name, door.name], c, args.seconds)
-                        loop, rest = cpu_split(up[name].pid, before, thread_cpu(up[name].pid), row["ok"])
-                        row.update(offline=bar, ratio=row["images_per_s"] / bar, graph_cpu_ms=graph_cpu)
-                        row.update(loop_cpu_ms=loop, other_cpu_ms=rest)
-                        loaded.setdefault((name, door.name, c), []).append(row)
-        if args.lone_pairs:
-            for name, ds in table.items():
-                client = OneClient(up[name].url)
-                for door in ds:
-                    lones[name, door.name] = lone(graphs[name], client, door, args.lone_pairs, args.lone_gap)
-                client.close()
+    return bodies
 
+
+def check_doors(
+    up: dict[str, Served], table: dict[str, list[Door]], bodies: dict[tuple[str, str], Path], tmp: Path
+) -> None:
+    """Every door answers before anything is measured."""
+    for name, ds in table.items():
+        for door in ds:
+            if hey(up[name].url, door, bodies[name, door.name], 4, 2.0)["ok"] == 0:
+                raise SystemExit(f"{name} {door.name}: no 200 answer; see {tmp}/serve-{name}.log")
+
+
+def loaded_row(run: Run, res: Results, server: Served, name: str, door: Door, body: Path, c: int) -> dict:
+    """One row under load: the bar measured just before, then `c` clients for `--seconds`."""
+    bar, graph_cpu = res.graphs[name].bar_now(res.offline[name], run.args.recheck_seconds)
+    before = thread_cpu(server.pid)
+    row = hey(server.url, door, body, c, run.args.seconds)
+    loop, rest = cpu_split(server.pid, before, thread_cpu(server.pid), row["ok"])
+    row.update(offline=bar, ratio=row["images_per_s"] / bar, graph_cpu_ms=graph_cpu)
+    row.update(loop_cpu_ms=loop, other_cpu_ms=rest)
+    return row
+
+
+def run_rounds(
+    run: Run,
+    res: Results,
+    up: dict[str, Served],
+    table: dict[str, list[Door]],
+    bodies: dict[tuple[str, str], Path],
+) -> None:
+    """The rounds: models and doors in turns, a different door first each round."""
+    for r in range(run.args.rounds):
+        for name, ds in table.items():
+            for door in ds[r % len(ds) :] + ds[: r % len(ds)]:
+                for c in run.clients:
+                    row = loaded_row(run, res, up[name], name, door, bodies[name, door.name], c)
+                    res.loaded.setdefault((name, door.name, c), []).append(row)
+
+
+def run_lones(run: Run, res: Results, up: dict[str, Served], table: dict[str, list[Door]]) -> None:
+    for name, ds in table.items():
+        client = OneClient(up[name].url)
+        for door in ds:
+            res.lones[name, door.name] = lone(
+                res.graphs[name], client, door, run.args.lone_pairs, run.args.lone_gap
+            )
+        client.close()
+
+
+def print_offline(run: Run, res: Results) -> None:
+    a = run.args
     print(
         f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; onnxruntime "
-        f"{ort.__version__}; {args.provider}; intra-op threads {args.threads}, lanes {args.lanes}\n"
+        f"{ort.__version__}; {a.provider}; intra-op threads {a.threads}, lanes {a.lanes}\n"
     )
-    for name, g in graphs.items():
-        o = offline[name]
+    for name, g in res.graphs.items():
+        o = res.offline[name]
         solo = ", ".join(f"batch {b}: {v:.1f}" for b, v in o.by_batch.items())
         if o.lanes_ips is not None:
-            solo += f"; {g.lanes} lanes x {lane_threads} thread(s), batch {g.lane_batch}: {o.lanes_ips:.1f}"
+            solo += (
+                f"; {g.lanes} lanes x {run.lane_threads} thread(s), batch {g.lane_batch}: {o.lanes_ips:.1f}"
+            )
         print(f"offline {name} ({g.manifest.precision or 'fp32'}), images/s: {solo}")
+
+
+def print_table(run: Run, res: Results, table: dict[str, list[Door]]) -> None:
+    a, clients = run.args, run.clients
     print(
-        f"\nunder load: {args.rounds} round(s) of {args.seconds:g} s per row, each against the bar measured "
-        f"just before it ({args.recheck_seconds:g} s); lone: {args.lone_pairs} requests, "
-        f"{args.lone_gap:g} s idle before each, paired with the graph's batch-1 run\n"
+        f"\nunder load: {a.rounds} round(s) of {a.seconds:g} s per row, each against the bar measured "
+        f"just before it ({a.recheck_seconds:g} s); lone: {a.lone_pairs} requests, "
+        f"{a.lone_gap:g} s idle before each, paired with the graph's batch-1 run\n"
     )
     print(
         "| model | precision | door | clients | offline images/s | service images/s "
@@ -318,21 +387,41 @@ def main(argv: list[str] | None = None) -> int:
     )
     print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, ds in table.items():
-        precision = graphs[name].manifest.precision or "fp32"
+        precision = res.graphs[name].manifest.precision or "fp32"
         for door in ds:
-            for c in clients if args.rounds else [None]:
-                cells = _loaded_cells(loaded.get((name, door.name, c)), c)
-                one = lones.get((name, door.name)) if c in (clients[0], None) else None
+            for c in clients if a.rounds else [None]:
+                cells = _loaded_cells(res.loaded.get((name, door.name, c)), c)
+                one = res.lones.get((name, door.name)) if c in (clients[0], None) else None
                 print(f"| {name} | {precision} | {door.name} | {cells} | {_lone_cells(one)} |")
-    if args.json:
-        figures = {
-            "offline": {n: {"by_batch": o.by_batch, "lanes": o.lanes_ips} for n, o in offline.items()},
-            "loaded": [
-                {"model": n, "door": d, "clients": c, "rounds": rows} for (n, d, c), rows in loaded.items()
-            ],
-            "lone": [{"model": n, "door": d, **v} for (n, d), v in lones.items()],
-        }
-        args.json.write_text(json.dumps(figures, indent=2))
+
+
+def write_json(path: Path, res: Results) -> None:
+    figures = {
+        "offline": {n: {"by_batch": o.by_batch, "lanes": o.lanes_ips} for n, o in res.offline.items()},
+        "loaded": [
+            {"model": n, "door": d, "clients": c, "rounds": rows} for (n, d, c), rows in res.loaded.items()
+        ],
+        "lone": [{"model": n, "door": d, **v} for (n, d), v in res.lones.items()],
+    }
+    path.write_text(json.dumps(figures, indent=2))
+
+
+def main(argv: list[str] | None = None) -> int:
+    run = Run.from_args(parse_args(argv))
+    res = open_graphs(run)
+    tmp = Path(tempfile.mkdtemp(prefix="simpool-bench-"))
+    jpeg = bench_image()
+    table = {name: [d for d in doors(name, jpeg) if d.name in run.door_names] for name in run.names}
+    bodies = write_bodies(table, tmp)
+    with servers(run.args.model_dir, run.names, run.service_env(), tmp) as up:
+        check_doors(up, table, bodies, tmp)
+        run_rounds(run, res, up, table, bodies)
+        if run.args.lone_pairs:
+            run_lones(run, res, up, table)
+    print_offline(run, res)
+    print_table(run, res, table)
+    if run.args.json:
+        write_json(run.args.json, res)
     return 0
 
 

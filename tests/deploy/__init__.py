@@ -1,0 +1,1 @@
+"""The deployment files checked and run: Dockerfile, compose, nginx, Prometheus, Kubernetes."""

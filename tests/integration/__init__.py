@@ -1,0 +1,1 @@
+"""Real exports (`simpool-export`), real servers on loopback, real clients and command lines."""
