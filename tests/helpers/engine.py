@@ -1,9 +1,7 @@
 """The engine driven in the test's process: the one place tests build it, call it and name its refusals.
 
 Engine-level unit tests go through `build_engine`, `engine_over` and `infer` only, so a change to how
-the engine is configured or called is made here once. Issue 20 gives the engine its own configuration
-(`EngineConfig`), a `Call` per request and two kinds for "come back later" (`NOT_READY`, `OVERLOADED`)
-where there was one (`UNAVAILABLE`); both forms are handled below until that lands everywhere.
+the engine is configured or called is made here once.
 """
 
 from __future__ import annotations
@@ -16,8 +14,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from simpool_serve.service import engine as engine_package
-from simpool_serve.service.engine import Answer, Engine, Kind, LoadedModel
+from simpool_serve.service.engine import Answer, Call, Engine, EngineConfig, Kind, LoadedModel
 from simpool_serve.service.metrics import Metrics
 
 T = TypeVar("T")
@@ -32,19 +29,14 @@ DEFAULTS: dict[str, Any] = {
 }
 
 # The refusals a client may retry: a model not serving (yet), and a full queue.
-NOT_READY: Kind = Kind.__members__.get("NOT_READY") or Kind["UNAVAILABLE"]
-OVERLOADED: Kind = Kind.__members__.get("OVERLOADED") or Kind["UNAVAILABLE"]
+NOT_READY = Kind.NOT_READY
+OVERLOADED = Kind.OVERLOADED
 
 
 def build_engine(model_dir: Path, **limits: Any) -> Engine:
     """An engine over `model_dir`, not loaded yet; `limits` override `DEFAULTS` (max_queue, ...)."""
-    fields = {"model_dir": model_dir, **DEFAULTS, **limits}
-    if hasattr(engine_package, "EngineConfig"):
-        config = engine_package.EngineConfig(**fields)
-        return Engine.from_config(config, Metrics(config.max_batch_size))  # type: ignore[attr-defined]
-    from simpool_serve.service.settings import Settings  # before issue 20: the server's settings
-
-    return Engine.from_settings(Settings(**fields), Metrics(fields["max_batch_size"]))  # type: ignore[attr-defined]
+    config = EngineConfig(model_dir=model_dir, **{**DEFAULTS, **limits})
+    return Engine.from_config(config, Metrics(config.max_batch_size))
 
 
 @contextlib.asynccontextmanager
@@ -71,12 +63,8 @@ async def infer(
     """One request through `engine.run`: encoded `images` or ready `pixels`, by `deadline` (default:
     the engine's request timeout from now)."""
     deadline = engine.deadline() if deadline is None else deadline
-    if hasattr(engine_package, "Call"):
-        call = engine_package.Call(images=images, pixels=pixels, outputs=outputs, on_error=on_error)
-        return await engine.run(model, call, deadline=deadline)  # type: ignore[call-arg]
-    return await engine.run(
-        model, images=images, pixels=pixels, outputs=outputs, on_error=on_error, deadline=deadline
-    )  # type: ignore[call-arg]
+    call = Call(images=images, pixels=pixels, outputs=outputs, on_error=on_error)  # type: ignore[arg-type]
+    return await engine.run(model, call, deadline=deadline)
 
 
 def run(coro: Coroutine[Any, Any, T], timeout: float = 60) -> T:
