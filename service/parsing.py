@@ -6,14 +6,16 @@ body itself is read by `http_door.read_body`, and the limits are the engine's (`
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
 from simpool_serve.service.engine import EngineError, Kind, Limits
+from simpool_serve.service.engine.descriptor import Descriptor, View
 from simpool_serve.service.http_door import read_body
 from simpool_serve.service.refusals import unsupported_media
 from simpool_serve.service.validation import describe
@@ -40,14 +42,72 @@ class Fields(BaseModel):
     )
 
 
-class EmbedFields(Fields):
+def _json_list(value: object) -> object:
+    """A list sent as a form field is JSON text (`scales=[1, 0.7071]`)."""
+    if isinstance(value, str) and value.lstrip().startswith("["):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value  # validation then says what is wrong
+    return value
+
+
+class ViewFields(BaseModel):
+    """The view of the image a vector describes (docs/retrieval.md): `full` is the paper's retrieval
+    protocol, the whole image at its aspect ratio; `region` cuts it to a box first."""
+
+    view: View = Field("crop", description="`crop`: resize and centre crop (classification); `full`: "
+                       "the whole image at its aspect ratio, longer side `size`.")  # fmt: skip
+    size: int | None = Field(None, ge=32, description="Longer side of a `full` view; default: input_size.")
+    region: list[Annotated[float, Field(strict=False, allow_inf_nan=False)]] | None = Field(
+        None,
+        min_length=4,
+        max_length=4,
+        description="[x0, y0, x1, y1] in the upright original's pixels: cut to this box first (full).",
+    )
+
+    _lists = field_validator("region", mode="before")(_json_list)
+
+    def descriptor(self) -> Descriptor:
+        return Descriptor(view=self.view, size=self.size, region=self.box)
+
+    @property
+    def box(self) -> tuple[float, float, float, float] | None:
+        return (
+            None if self.region is None else (self.region[0], self.region[1], self.region[2], self.region[3])
+        )
+
+
+class EmbedFields(Fields, ViewFields):
     normalize: bool = Field(True, description="L2-normalise each embedding.")
     encoding: Literal["float", "base64"] = Field(
         "float", description="`float`: lists of numbers; `base64`: little-endian float32 bytes, base64."
     )
+    scales: list[Annotated[float, Field(gt=0, le=1, strict=False)]] | None = Field(
+        None, min_length=1, max_length=4, description="One descriptor per scale, averaged then L2-normalised "
+        "(the paper's multi_scale is [1, 0.7071, 0.5]); default [1].",
+    )  # fmt: skip
+    whiten: bool = Field(False, description="Apply the model's fitted whitening (`simpool-whiten`).")
+    dimensions: int | None = Field(None, ge=1, description="Keep this many whitened components (whitens).")
+
+    _scales = field_validator("scales", mode="before")(_json_list)
+
+    def descriptor(self) -> Descriptor:
+        """The engine's descriptor; INVALID (422) with `normalize=false`: these answers are unit vectors."""
+        d = Descriptor(
+            view=self.view,
+            size=self.size,
+            scales=tuple(self.scales) if self.scales is not None else None,
+            region=self.box,
+            whiten=self.whiten,
+            dimensions=self.dimensions,
+        )
+        if d.normalized_only and not self.normalize:
+            raise _invalid("normalize=false: scales, region, whiten and dimensions answer unit vectors")
+        return d
 
 
-class AttentionFields(Fields):
+class AttentionFields(Fields, ViewFields):
     box_mass: float = Field(
         0.6,
         gt=0,
@@ -58,6 +118,7 @@ class AttentionFields(Fields):
 
 
 class ClassifyFields(Fields):
+    view: Literal["crop"] = Field("crop", description="Classes come from the crop view only.")
     top_k: int = Field(5, ge=1, description="Classes per image, best first (at most the model's classes).")
 
 

@@ -33,7 +33,9 @@ class EmbedOut(Answer):
 
 
 class AttentionOut(Answer):
-    grid: tuple[int, int] = Field(description="[h, w] of each map.")
+    grid: tuple[int, int] | list[tuple[int, int] | None] = Field(
+        description="[h, w] of each map; with `view=full`, one [h, w] per image (its own aspect ratio)."
+    )
     attention: list[list[list[float]] | None] = Field(description="One h×w map per image; each sums to 1.")
     boxes: list[tuple[int, int, int, int] | None] = Field(
         description="Per image, [x0, y0, x1, y1] in the upright original's pixels (x1, y1 exclusive): "

@@ -3,7 +3,9 @@
 Images of all requests join one bounded queue. A batch runs as soon as an inference lane is free and
 either the batch is full, the oldest image has waited `max_delay_s`, or the image arrived at an idle
 model (a lone request never waits for the window). Answers go back to their request by position, so
-the images of one request may span batches. One failing batch fails only its requests.
+the images of one request may span batches. One failing batch fails only its requests. A batch holds
+images of one shape and one in-graph scale only (the head of the queue decides): a `full` view keeps
+each photograph's aspect ratio, and padding would change its attention and its γ-pooling.
 
 Lanes: when nothing runs and the queue holds at most one batch, that batch runs on every intra-op
 thread (`run`: the lowest latency). With more work waiting, up to `lanes` batches run at once, each
@@ -67,6 +69,12 @@ class _Item:
     job: Job
     index: int
     pixels: np.ndarray
+    scale: float
+
+    @property
+    def key(self) -> tuple[tuple[int, ...], float]:
+        """What a batch's images must share: their shape and their scale."""
+        return self.pixels.shape, self.scale
 
 
 class Batcher:
@@ -164,10 +172,11 @@ class Batcher:
         """Gives back reserved places of images that will not be queued (decode failures, errors)."""
         self._reserved = max(0, self._reserved - n)
 
-    def submit(self, pixels: list[np.ndarray | None], trace: object | None = None) -> Job:
+    def submit(self, pixels: list[np.ndarray | None], trace: object | None = None, scale: float = 1.0) -> Job:
         """Queues a request's decoded images (reserved before); `None` entries are skipped images.
 
-        `trace`, the request's span context when it is traced, makes the job keep its batches.
+        `scale` is fed to the graph's scale input (1: the graph's default). `trace`, the request's span
+        context when it is traced, makes the job keep its batches.
         """
         loop = asyncio.get_running_loop()
         job = Job([None] * len(pixels), loop.create_future(), time.perf_counter(), trace)
@@ -182,7 +191,7 @@ class Batcher:
             return job
         if not self._batches and not self._queue:
             self._run_now = True
-        self._queue.extend(_Item(job, i, p) for i, p in present)
+        self._queue.extend(_Item(job, i, p, scale) for i, p in present)
         self._depth.set(len(self._queue))
         self._wake.set()
         return job
@@ -215,8 +224,7 @@ class Batcher:
                     continue
             # One batch's worth of work on an idle model: all threads on it. More: fill the lanes.
             solo = self._lane_run is None or (not self._batches and len(self._queue) <= self.max_batch_size)
-            n = min(self.max_batch_size, len(self._queue))
-            items = [self._queue.popleft() for _ in range(n)]
+            items = self._take()
             self._depth.set(len(self._queue))
             self._run_now = False
             self._solo = solo
@@ -225,6 +233,19 @@ class Batcher:
             batch.add_done_callback(functools.partial(self._on_batch_done, items))
         if self._batches:  # closing: the batches already running finish first
             await asyncio.gather(*self._batches, return_exceptions=True)
+
+    def _take(self) -> list[_Item]:
+        """The next batch: up to `max_batch_size` images of the head's shape and scale, in queue order."""
+        key = self._queue[0].key
+        if all(item.key == key for item in self._queue):  # the usual case: one shape (the crop view)
+            n = min(self.max_batch_size, len(self._queue))
+            return [self._queue.popleft() for _ in range(n)]
+        items: list[_Item] = []
+        rest: deque[_Item] = deque()
+        for item in self._queue:
+            (items if len(items) < self.max_batch_size and item.key == key else rest).append(item)
+        self._queue = rest
+        return items
 
     async def _sleep(self, timeout: float | None = None) -> None:
         """Until something changes (an image queued, a batch done, closing), or `timeout` passes."""
@@ -254,6 +275,8 @@ class Batcher:
         start_ns = time.time_ns()
         try:
             run = self._run if solo or self._lane_run is None else self._lane_run
+            if items[0].scale != 1.0:
+                run = functools.partial(run, scale=items[0].scale)
             outputs, seconds = await loop.run_in_executor(
                 self._executor, self._infer, run, [i.pixels for i in items]
             )

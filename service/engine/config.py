@@ -68,6 +68,9 @@ class EngineConfig(BaseSettings):
         spec.MAX_IMAGE_PIXELS, ge=1, description="Most pixels (width × height) of one image."
     )
     jpeg_draft: bool = Field(True, description="Let JPEG decoding skip detail the resize would discard.")
+    max_view_size: int = Field(
+        1024, ge=32, description="Largest `size` (longer side) a request's `full` view may ask for."
+    )
 
     # Runtime and threads.
     providers: Annotated[list[str] | None, NoDecode] = Field(

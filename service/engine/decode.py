@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from simpool_serve.service.engine import views
+from simpool_serve.service.engine.descriptor import Resolved
 from simpool_serve.service.engine.limits import Limits, image_bytes_message
 from simpool_serve.service.engine.preprocess import (
     Geometry,
@@ -72,6 +74,31 @@ class Decoder:
         out = decode(data, manifest, self.limits.max_image_pixels, draft=self.jpeg_draft)
         self.metrics.stage_duration.labels(model, "decode").observe(time.perf_counter() - start)
         return out
+
+    def view(
+        self, payload: Payload, manifest: Manifest, model: str, resolved: Resolved
+    ) -> tuple[np.ndarray, Geometry]:
+        """The pixels of the request's view (crop or full, cut to its box), checked against its scales:
+        a scale that leaves less than the model's smallest side is a `ViewTooSmall` (400)."""
+        if resolved.view == "crop":
+            pixels, geometry = self.pixels(payload, manifest, model)
+        else:
+            start = time.perf_counter()
+            data = payload_bytes(payload, self.limits.max_image_bytes)
+            full = views.full_view(
+                data, resolved.size, self.limits.max_image_pixels, resolved.box, draft=self.jpeg_draft
+            )
+            pixels, geometry = full.pixels, full.geometry
+            height, width = pixels.shape[:2]
+            if views.min_side(manifest.input_size, manifest.grid) == views.MIN_SIDE_VIT:
+                # The token grid covers floor(W/16) × floor(H/16) patches: boxes map onto that part.
+                patch = views.MIN_SIDE_VIT
+                geometry = views.covered_geometry(full, (width // patch * patch, height // patch * patch))
+            self.metrics.stage_duration.labels(model, "decode").observe(time.perf_counter() - start)
+        if resolved.scales != (1.0,) or resolved.view == "full":
+            smallest = views.min_side(manifest.input_size, manifest.grid)
+            views.check_scales(pixels.shape[:2], resolved.scales, smallest)
+        return pixels, geometry
 
     def with_original(
         self, payload: Payload, manifest: Manifest, model: str

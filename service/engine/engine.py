@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
@@ -25,14 +26,16 @@ import numpy as np
 from simpool_serve.service.engine.batcher import Job, Outputs
 from simpool_serve.service.engine.config import EngineConfig
 from simpool_serve.service.engine.decode import Decoder, Payload
+from simpool_serve.service.engine.descriptor import CROP, Descriptor, Resolved, resolve
 from simpool_serve.service.engine.errors import EngineError, Kind, not_ready
 from simpool_serve.service.engine.models import LoadedModel, ModelFolder, default_model, discover, load_model
 from simpool_serve.service.engine.overlay import attention_png
 from simpool_serve.service.engine.plan import ThreadPlan
 from simpool_serve.service.engine.preprocess import Geometry, ImageError, own_pixel_limit
 from simpool_serve.service.engine.runner import OnnxRunner, RunnerFactory
+from simpool_serve.service.engine.whitening import Whitening
 from simpool_serve.service.metrics import Metrics
-from simpool_serve.spec import ATTENTION, LOGITS
+from simpool_serve.spec import ATTENTION, EMBEDDING, LOGITS
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Tracer
@@ -57,6 +60,7 @@ class Call:
     pixels: np.ndarray | None = None
     outputs: Collection[str] = ()
     on_error: OnError = "fail"
+    descriptor: Descriptor = CROP  # the view, scales, region and whitening of the answer's vectors
 
     @property
     def count(self) -> int:
@@ -83,7 +87,9 @@ class Answer:
     model: LoadedModel
     outputs: list[Outputs | None]
     failures: list[ImageFailure]
-    geometries: list[Geometry | None] | None = None  # per image: its crop on the original (for boxes)
+    geometries: list[Geometry | None] | None  # per image: its view on the original (for boxes)
+    fingerprint: str  # of the descriptor: the graph's own for the default crop view
+    normalized: bool = False  # the embeddings are already L2-normalised (several scales, whitening)
 
 
 class Engine:
@@ -238,36 +244,67 @@ class Engine:
         images, pixels, on_error = call.images, call.pixels, call.on_error
         if (images is None) == (pixels is None):
             raise EngineError(Kind.INVALID, "send either encoded images or pixels, not both", "malformed")
-        self._check_outputs(model, call.outputs)
+        resolved = self.resolve(model, call.descriptor)
+        self._check_outputs(model, call.outputs, resolved)
         spans = self._spans(model, call.count)
+        places = call.count * len(resolved.scales)  # each image runs once per scale
         if pixels is not None:
+            if resolved.view != "crop":
+                raise EngineError(Kind.INVALID, "pixels are the crop view's input; send images", "malformed")
             rows: list[np.ndarray | None] = self._pixel_rows(model, pixels)
-            self._admit(model, len(rows))
+            self._admit(model, len(rows), places)
             failures: list[ImageFailure] = []
             geometries: list[Geometry | None] | None = None
         else:
             assert images is not None
-            n = len(images)
-            self._admit(model, n)
+            self._admit(model, len(images), places)
             with spans.decode() if spans is not None else contextlib.nullcontext():
                 rows, failures, geometries = await self._decode(
-                    model, n, self._decode_all(model, images), deadline
+                    model, places, self._decode_all(model, images, resolved), deadline
                 )
             if failures and on_error == "fail":
-                model.batcher.release(n)
+                model.batcher.release(places)
                 first = failures[0]
                 raise EngineError(first.kind, f"image {first.index}: {first.detail}", first.reason)
             for failure in failures:
                 self.metrics.failures.labels(model.name, failure.reason).inc()
-        if spans is None:
-            results = await self._wait(model.batcher.submit(rows), model, deadline, disconnected)
-        else:
-            queued_ns = time.time_ns()
-            job = model.batcher.submit(rows, trace=spans.context())
-            results = await self._wait(job, model, deadline, disconnected)
-            spans.batches(job, queued_ns)
+        per_scale = [
+            await self._submit(model, rows, scale, deadline, disconnected, spans) for scale in resolved.scales
+        ]
         self.metrics.images.labels(model.name).inc(len(rows) - len(failures))
-        return Answer(model, results, failures, geometries)
+        if resolved.scales == (1.0,) and not resolved.whiten:
+            return Answer(model, per_scale[0], failures, geometries, resolved.fingerprint)
+        outputs = combine(per_scale, resolved, model.whitening)
+        return Answer(model, outputs, failures, geometries, resolved.fingerprint, normalized=True)
+
+    def resolve(self, model: LoadedModel, descriptor: Descriptor) -> Resolved:
+        """The descriptor's settings for this model and their fingerprint, or INVALID saying why not."""
+        return resolve(
+            descriptor,
+            model=model.name,
+            manifest=model.manifest,
+            graph_fingerprint=model.fingerprint,
+            max_view_size=self.config.max_view_size,
+            whitening=model.whitening,
+        )
+
+    async def _submit(
+        self,
+        model: LoadedModel,
+        rows: list[np.ndarray | None],
+        scale: float,
+        deadline: float,
+        disconnected: Disconnected | None,
+        spans: RequestSpans | None,
+    ) -> list[Outputs | None]:
+        """One scale of the request through the batcher, traced when `spans` is given."""
+        if spans is None:
+            return await self._wait(model.batcher.submit(rows, scale=scale), model, deadline, disconnected)
+        queued_ns = time.time_ns()
+        job = model.batcher.submit(rows, trace=spans.context(), scale=scale)
+        results = await self._wait(job, model, deadline, disconnected)
+        spans.batches(job, queued_ns)
+        return results
 
     def _spans(self, model: LoadedModel, images: int) -> RequestSpans | None:
         if self._tracer is None:
@@ -298,7 +335,7 @@ class Engine:
             ) from None
         try:
             loop = asyncio.get_running_loop()
-            self._admit(model, 1)
+            self._admit(model, 1, 1)
             work = loop.run_in_executor(
                 self._pool, self._decoder.with_original, image, model.manifest, model.name
             )
@@ -320,7 +357,13 @@ class Engine:
 
     # -- the stages ------------------------------------------------------------------------------
 
-    def _check_outputs(self, model: LoadedModel, outputs: Collection[str]) -> None:
+    def _check_outputs(self, model: LoadedModel, outputs: Collection[str], resolved: Resolved) -> None:
+        if set(outputs) - {EMBEDDING} and (resolved.scales != (1.0,) or resolved.whiten):
+            raise EngineError(
+                Kind.INVALID, "several scales or whitening answer only embeddings", "malformed"
+            )  # fmt: skip
+        if LOGITS in outputs and resolved.view != "crop":
+            raise EngineError(Kind.INVALID, "classes come from the crop view only (view=crop)", "malformed")
         if LOGITS in outputs and not model.has_logits:
             raise EngineError(
                 Kind.INVALID,
@@ -345,16 +388,16 @@ class Engine:
             raise EngineError(Kind.INVALID, "no images", "malformed")
         return list(pixels)
 
-    def _admit(self, model: LoadedModel, n: int) -> None:
-        """Refuses a request larger than a request or the queue may be (TOO_LARGE), then takes its places
-        (OVERLOADED when the queue is full)."""
+    def _admit(self, model: LoadedModel, n: int, places: int) -> None:
+        """Refuses a request larger than a request or the queue may be (TOO_LARGE), then takes its
+        `places` (an image per scale; OVERLOADED when the queue is full)."""
         self.limits.check_images(n)
         batcher = model.batcher
-        if n > batcher.max_queue:
+        if places > batcher.max_queue:
             raise EngineError(
-                Kind.TOO_LARGE, f"{n} images exceed the queue of {batcher.max_queue}", "too_many_images"
+                Kind.TOO_LARGE, f"{places} images exceed the queue of {batcher.max_queue}", "too_many_images"
             )
-        batcher.reserve(n)  # 503 when full
+        batcher.reserve(places)  # OVERLOADED when full
 
     async def _decode(self, model: LoadedModel, n: int, work: Awaitable[T], deadline: float) -> T:
         """The decode stage of `n` admitted images, by the deadline; their places go back if it fails.
@@ -372,15 +415,18 @@ class Engine:
             raise
 
     async def _decode_all(
-        self, model: LoadedModel, images: Sequence[Payload]
+        self, model: LoadedModel, images: Sequence[Payload], resolved: Resolved
     ) -> tuple[list[np.ndarray | None], list[ImageFailure], list[Geometry | None]]:
         loop = asyncio.get_running_loop()
         slots = asyncio.Semaphore(self._decodes_per_request)
         decoder, manifest, name = self._decoder, model.manifest, model.name
+        decode_one = (
+            decoder.pixels if resolved.is_crop else functools.partial(decoder.view, resolved=resolved)
+        )
 
         async def decode(payload: Payload) -> tuple[np.ndarray, Geometry]:
             async with slots:
-                return await loop.run_in_executor(self._pool, decoder.pixels, payload, manifest, name)
+                return await loop.run_in_executor(self._pool, decode_one, payload, manifest, name)
 
         results = await asyncio.gather(*(decode(p) for p in images), return_exceptions=True)
         rows: list[np.ndarray | None] = []
@@ -433,3 +479,27 @@ class Engine:
         self._pool.shutdown(wait=True)
         for pool in self._model_pools:
             pool.shutdown(wait=True)
+
+
+def combine(
+    per_scale: list[list[Outputs | None]], resolved: Resolved, whitening: Whitening | None
+) -> list[Outputs | None]:
+    """Each image's descriptor as the paper's `multi_scale` gives it: the graph's embeddings at every
+    scale, summed, divided by their count and L2-normalised; then whitened when asked. Other outputs
+    (attention) come from scale 1."""
+    first = resolved.scales.index(1.0) if 1.0 in resolved.scales else None
+    out: list[Outputs | None] = []
+    for i, base in enumerate(per_scale[0]):
+        if base is None:
+            out.append(None)
+            continue
+        total = sum(np.asarray(s[i][EMBEDDING], np.float64) for s in per_scale if s[i] is not None)
+        vector = total / len(per_scale)
+        vector = vector / max(float(np.linalg.norm(vector)), 1e-12)
+        if resolved.whiten:
+            assert whitening is not None  # resolve() refused a model without one
+            vector = whitening.apply(vector, resolved.dimensions)
+        row: Outputs = {} if first is None else dict(per_scale[first][i])  # type: ignore[arg-type]
+        row[EMBEDDING] = np.asarray(vector, np.float32)
+        out.append(row)
+    return out

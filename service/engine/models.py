@@ -21,6 +21,8 @@ from simpool_serve.service.engine.plan import ThreadPlan
 from simpool_serve.service.engine.providers import ProviderOptions
 from simpool_serve.service.engine.runner import OnnxRunner, Runner, RunnerFactory
 from simpool_serve.service.engine.verify import open_verified
+from simpool_serve.service.engine.whitening import Whitening, WhiteningMissing
+from simpool_serve.service.engine.whitening import load as load_whitening
 from simpool_serve.service.metrics import Metrics
 from simpool_serve.spec import LOGITS, Manifest, ManifestError, fingerprint, load_manifest
 
@@ -76,6 +78,7 @@ class LoadedModel:
     lane_runner: Runner | None
     batcher: Batcher
     executor: Executor = field(repr=False)
+    whitening: Whitening | None = None  # fitted by simpool-whiten, read with the graph
 
     @property
     def name(self) -> str:
@@ -139,6 +142,7 @@ async def load_model(
     factory: RunnerFactory = OnnxRunner,
 ) -> LoadedModel:
     """Opens, verifies and warms `folder` in `executor`, then starts its batcher on this event loop."""
+    whitening = _whitening(folder)  # before the sessions: a broken file fails the load at once
     loop = asyncio.get_running_loop()
     started = loop.time()
     runner, lane_runner, max_batch = await loop.run_in_executor(
@@ -168,4 +172,12 @@ async def load_model(
             "seconds": round(loop.time() - started, 3),
         },
     )
-    return LoadedModel(folder, runner, lane_runner, batcher, executor)
+    return LoadedModel(folder, runner, lane_runner, batcher, executor, whitening)
+
+
+def _whitening(folder: ModelFolder) -> Whitening | None:
+    """The folder's fitted whitening; None when it has none (a broken one fails the load)."""
+    try:
+        return load_whitening(folder.path.parent)
+    except WhiteningMissing:
+        return None

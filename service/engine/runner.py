@@ -11,7 +11,7 @@ import numpy as np
 import onnxruntime as ort
 
 from simpool_serve.service.engine.providers import ProviderOptions
-from simpool_serve.spec import INPUT, REQUIRED_OUTPUTS
+from simpool_serve.spec import INPUT, REQUIRED_OUTPUTS, SCALE_INPUT
 
 log = logging.getLogger("simpool_serve.runner")
 
@@ -26,7 +26,7 @@ class Runner(Protocol):
     input_size: int | None
     output_names: list[str]
 
-    def run(self, images: np.ndarray) -> dict[str, np.ndarray]: ...
+    def run(self, images: np.ndarray, scale: float = 1.0) -> dict[str, np.ndarray]: ...
 
 
 # (model.onnx, providers, intra-op threads, spinning, provider options) -> a runner; `OnnxRunner`
@@ -95,17 +95,26 @@ class OnnxRunner:
                 raise ValueError(f"{model_path}: graph has no '{required}' output ({self.output_names})")
         self.io_binding = options.io_binding and self.provider != CPU  # on CPU there is no copy to save
 
-    def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        """uint8 [N, S, S, 3] → {"embedding": [N, D], "attention": [N, h, w], maybe "logits": [N, C]}."""
+    def run(self, images: np.ndarray, scale: float = 1.0) -> dict[str, np.ndarray]:
+        """uint8 [N, H, W, 3] → {"embedding": [N, D], "attention": [N, h, w], maybe "logits": [N, C]}.
+
+        `scale` other than 1 is fed to the graph's optional scale input (the normalised image is
+        rescaled by it inside the graph); 1 leaves the input at its default.
+        """
         if self.io_binding:
-            return self._run_bound(images)
-        outputs = self.session.run(self.output_names, {INPUT: images})
+            return self._run_bound(images, scale)
+        feed = {INPUT: images}
+        if scale != 1.0:
+            feed[SCALE_INPUT] = np.asarray(scale, dtype=np.float32)
+        outputs = self.session.run(self.output_names, feed)
         return dict(zip(self.output_names, outputs, strict=True))
 
-    def _run_bound(self, images: np.ndarray) -> dict[str, np.ndarray]:
+    def _run_bound(self, images: np.ndarray, scale: float) -> dict[str, np.ndarray]:
         """The input copied to the device once, the outputs written to host memory by the provider."""
         binding = self.session.io_binding()
         binding.bind_cpu_input(INPUT, np.ascontiguousarray(images))
+        if scale != 1.0:
+            binding.bind_cpu_input(SCALE_INPUT, np.asarray(scale, dtype=np.float32))
         for name in self.output_names:
             binding.bind_output(name, "cpu")
         self.session.run_with_iobinding(binding)

@@ -20,11 +20,13 @@ import orjson
 from pydantic import ValidationError
 
 from simpool_serve.service.encoding import finite_rows
+from simpool_serve.service.engine.descriptor import Descriptor
 from simpool_serve.service.engine.errors import EngineError, Kind
 from simpool_serve.service.engine.limits import Limits
 from simpool_serve.service.oip.schemas import InferenceRequest, RequestInput
 from simpool_serve.service.refusals import unsupported_media
 from simpool_serve.service.validation import describe
+from simpool_serve.spec import EMBEDDING
 
 IMAGES, PIXELS = "images", "pixels"
 _LENGTH = struct.Struct("<I")
@@ -63,14 +65,18 @@ class InferRequest:
     outputs: tuple[OutputChoice, ...] | None
     binary_output: bool  # the request's `binary_data_output`: the default for every output
     normalize: bool
+    descriptor: Descriptor  # the view, scales, region and whitening asked for in `parameters`
 
     @property
     def count(self) -> int:
         return len(self.tensor.payloads) if isinstance(self.tensor, Images) else len(self.tensor.array)
 
     def choose_outputs(self, available: Sequence[str]) -> list[OutputChoice]:
-        """The outputs to answer, in the order asked (default: all the model has)."""
+        """The outputs to answer, in the order asked (default: all the model has; only `embedding` for
+        a full view or several scales, which describe the image with a vector alone)."""
         if self.outputs is None:
+            if self.descriptor.view == "full" or self.descriptor.normalized_only:
+                return [OutputChoice(EMBEDDING, self.binary_output)]
             return [OutputChoice(name, self.binary_output) for name in available]
         for choice in self.outputs:
             if choice.name not in available:
@@ -119,6 +125,10 @@ def parse_request(body: bytes, json_length: int, limits: Limits) -> InferRequest
         raise malformed(describe(exc)) from None
     params = req.parameters or {}
     normalize = _bool_param(params, "normalize", False)
+    try:
+        descriptor = Descriptor.from_parameters(params)
+    except ValidationError as exc:
+        raise malformed(f"parameters: {describe(exc)}") from None
     binary_output = _bool_param(params, "binary_data_output", False)
     if len(req.inputs) != 1:
         names = [i.name for i in req.inputs]
@@ -153,7 +163,7 @@ def parse_request(body: bytes, json_length: int, limits: Limits) -> InferRequest
         for o in req.outputs:
             if (o.parameters or {}).get("classification"):
                 raise malformed("the classification extension is not supported; request 'logits'")
-    return InferRequest(req.id, tensor, outputs, binary_output, normalize)
+    return InferRequest(req.id, tensor, outputs, binary_output, normalize, descriptor)
 
 
 def _bool_param(params: dict[str, Any], key: str, default: bool) -> bool:

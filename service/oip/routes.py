@@ -167,15 +167,18 @@ class InferDoor(Door[codec.InferRequest, Response]):
     def call(self, req: codec.InferRequest, model: LoadedModel) -> Call:
         _check_version(model, self.version)
         outputs = [c.name for c in req.choose_outputs(model.output_names)]
+        if req.descriptor.view == "full" and outputs != [EMBEDDING]:
+            raise EngineError(Kind.INVALID, "view=full answers only the 'embedding' output", "malformed")
         tensor = req.tensor
         if isinstance(tensor, codec.Images):
-            return Call(images=tensor.payloads, outputs=outputs)
-        return Call(pixels=tensor.array, outputs=outputs)
+            return Call(images=tensor.payloads, outputs=outputs, descriptor=req.descriptor)
+        return Call(pixels=tensor.array, outputs=outputs, descriptor=req.descriptor)
 
     def encode(self, req: codec.InferRequest, model: LoadedModel, result: Answer) -> Response:
         choices = req.choose_outputs(model.output_names)
-        tensors = [(c, _tensor(result.outputs, c.name, req.normalize)) for c in choices]
-        content, header = codec.encode_response(model.name, req.id, model.fingerprint, tensors)
+        normalize = req.normalize or result.normalized
+        tensors = [(c, _tensor(result.outputs, c.name, normalize)) for c in choices]
+        content, header = codec.encode_response(model.name, req.id, result.fingerprint, tensors)
         if header is None:
             return Response(content, media_type="application/json")
         return Response(content, media_type="application/octet-stream", headers={HEADER_LENGTH: str(header)})

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from simpool_serve.service import encoding
 from simpool_serve.service.door import Door
 from simpool_serve.service.engine import Answer, Call, Engine, EngineError, Kind, LoadedModel
+from simpool_serve.service.engine.descriptor import Descriptor
 from simpool_serve.service.http_door import read_body, serve_http
 from simpool_serve.service.http_status import Failure
 from simpool_serve.service.openai import answers
@@ -33,6 +34,8 @@ from simpool_serve.service.validation import describe
 from simpool_serve.spec import EMBEDDING
 
 PREFIX = "/v1"
+# The request fields that make the engine's descriptor (`dimensions` among them, implying `whiten`).
+DESCRIPTOR_FIELDS = {"view", "size", "scales", "region", "whiten", "dimensions"}
 
 router = APIRouter(prefix=PREFIX, dependencies=[Authorized], tags=["OpenAI-compatible"])
 
@@ -84,19 +87,16 @@ class EmbeddingsDoor(Door[EmbeddingsRequest, Response]):
         return req.model
 
     def call(self, req: EmbeddingsRequest, model: LoadedModel) -> Call:
-        dim = model.manifest.embedding_dim
-        if req.dimensions is not None and req.dimensions != dim:
-            raise EngineError(
-                Kind.INVALID,
-                f"dimensions: model {model.name!r} answers {dim} dimensions, not {req.dimensions}",
-                "malformed",
-            )
+        try:
+            descriptor = Descriptor.from_parameters(req.model_dump(include=DESCRIPTOR_FIELDS))
+        except ValidationError as exc:
+            raise EngineError(Kind.INVALID, describe(exc), "malformed") from None
         images = [req.input] if isinstance(req.input, str) else req.input
-        return Call(images=images, outputs=(EMBEDDING,))  # type: ignore[arg-type]  # text refused in read
+        return Call(images=images, outputs=(EMBEDDING,), descriptor=descriptor)  # type: ignore[arg-type]
 
     def encode(self, req: EmbeddingsRequest, model: LoadedModel, result: Answer) -> Response:
         vectors = encoding.embeddings(result.outputs, True, req.encoding_format)
-        body = answers.embeddings_body(model.name, model.fingerprint, vectors)
+        body = answers.embeddings_body(model.name, result.fingerprint, vectors)
         return Response(encoding.json_bytes(body), media_type="application/json")
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -21,7 +21,19 @@ class EmbeddingsRequest(BaseModel):
     encoding_format: Literal["float", "base64"] = Field(
         "float", description="`base64`: little-endian float32 (OpenAI's SDK asks for it by default)."
     )
-    dimensions: int | None = Field(None, description="Must equal the model's dimension if given.")
+    dimensions: int | None = Field(
+        None, ge=1, description="Keep this many whitened components (needs the model's fitted whitening)."
+    )
+    # The retrieval descriptor's other fields, as extra body fields (docs/retrieval.md).
+    view: Literal["crop", "full"] = Field("crop", description="`full`: the whole image at its aspect ratio.")
+    size: int | None = Field(None, ge=32, description="Longer side of a `full` view.")
+    scales: list[Annotated[float, Field(strict=False)]] | None = Field(
+        None, description="Scales averaged into one descriptor."
+    )
+    region: list[Annotated[float, Field(strict=False)]] | None = Field(
+        None, description="[x0, y0, x1, y1]: cut each image to this box first."
+    )
+    whiten: bool = Field(False, description="Apply the model's fitted whitening.")
 
 
 class EmbeddingOut(BaseModel):

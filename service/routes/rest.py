@@ -16,6 +16,7 @@ from fastapi.responses import Response
 from simpool_serve.service import boxes, encoding
 from simpool_serve.service.door import Door
 from simpool_serve.service.engine import Answer, Call, Disconnected, Engine, EngineError, Kind, LoadedModel
+from simpool_serve.service.engine.descriptor import CROP
 from simpool_serve.service.http_door import serve_http
 from simpool_serve.service.openapi_schema import inline
 from simpool_serve.service.parsing import (
@@ -27,6 +28,7 @@ from simpool_serve.service.parsing import (
     EmbedJSON,
     Fields,
     Parsed,
+    ViewFields,
     parse_request,
 )
 from simpool_serve.service.routes.deps import Authorized, EngineDep
@@ -90,14 +92,16 @@ class RestDoor(Door[Parsed, Response]):
         return req.fields.model
 
     def call(self, req: Parsed, model: LoadedModel) -> Call:
-        return Call(images=req.images, outputs=self.outputs, on_error=req.fields.on_error)
+        fields = req.fields
+        descriptor = fields.descriptor() if isinstance(fields, ViewFields) else CROP
+        return Call(images=req.images, outputs=self.outputs, on_error=fields.on_error, descriptor=descriptor)
 
     def encode(self, req: Parsed, model: LoadedModel, result: Answer) -> Response:
         fields = self.fields_of(result, req.fields)
-        payload = {"model": model.name, "fingerprint": model.fingerprint, **fields}
+        payload = {"model": model.name, "fingerprint": result.fingerprint, **fields}
         if req.fields.on_error == "skip":
             payload["errors"] = [{"index": f.index, "detail": f.detail} for f in result.failures]
-        headers = {"X-Fingerprint": model.fingerprint} if self.fingerprint_header else None
+        headers = {"X-Fingerprint": result.fingerprint} if self.fingerprint_header else None
         return Response(encoding.json_bytes(payload), media_type="application/json", headers=headers)
 
 
@@ -128,8 +132,10 @@ class OverlayDoor(RestDoor):
 
 
 def _embed_fields(answer: Answer, fields: EmbedFields) -> dict[str, Any]:
+    first = next((o for o in answer.outputs if o is not None), None)
+    dim = first[EMBEDDING].shape[-1] if first is not None else answer.model.manifest.embedding_dim
     return {
-        "dim": answer.model.manifest.embedding_dim,
+        "dim": int(dim),  # the whitened `dimensions` when asked
         "normalized": fields.normalize,
         "embeddings": encoding.embeddings(answer.outputs, fields.normalize, fields.encoding),
     }
@@ -138,7 +144,11 @@ def _embed_fields(answer: Answer, fields: EmbedFields) -> dict[str, Any]:
 def _attention_fields(answer: Answer, fields: AttentionFields) -> dict[str, Any]:
     maps = encoding.attention_maps(answer.outputs)
     found = boxes.boxes(maps, answer.geometries or [None] * len(maps), fields.box_mass)
-    return {"grid": list(answer.model.manifest.grid), "attention": maps, "boxes": found}
+    if fields.view == "full":  # each image at its own aspect ratio: a grid per image
+        grid: list[Any] = [None if o is None else list(o[ATTENTION].shape) for o in answer.outputs]
+    else:
+        grid = list(answer.model.manifest.grid)
+    return {"grid": grid, "attention": maps, "boxes": found}
 
 
 def _classify_fields(answer: Answer, fields: ClassifyFields) -> dict[str, Any]:

@@ -241,3 +241,43 @@ def test_a_stopped_batcher_refuses_and_answers_its_queue() -> None:
 
     not_started, stopped = run(scenario())
     assert not_started.kind is NOT_READY and stopped.kind is NOT_READY
+
+
+class ShapeGraph:
+    """Records each batch's shape and scale, and refuses a batch that mixes shapes (as a graph does)."""
+
+    def __init__(self) -> None:
+        self.batches: list[tuple[tuple[int, ...], float, list[int]]] = []
+
+    def __call__(self, batch: np.ndarray, scale: float = 1.0) -> dict[str, np.ndarray]:
+        self.batches.append((batch.shape[1:], scale, [int(i) for i in batch[:, 0, 0, 0]]))
+        return {"id": batch[:, 0, 0, 0].astype(np.int64)}
+
+
+def test_a_batch_holds_one_shape_and_one_scale() -> None:
+    """Full views keep their aspect ratio: 4:3, 3:4 and square images, at two scales, queued at once,
+    run as batches of equal shape and scale only, each image answered by its own request."""
+    graph = ShapeGraph()
+    shapes = [(3, 4), (4, 3), (3, 4), (4, 4), (4, 3), (3, 4)]
+
+    async def scenario() -> list[list[int]]:
+        with ThreadPoolExecutor(1) as pool:
+            batcher = Batcher("fake", graph, pool, max_batch_size=4, max_delay_s=0.05, max_queue=32,
+                              metrics=Metrics(4))  # fmt: skip
+            batcher.start()
+            jobs = []
+            for scale in (1.0, 0.5):
+                for i, (h, w) in enumerate(shapes):
+                    batcher.reserve(1)
+                    jobs.append(batcher.submit([np.full((h, w, 3), i + 1, np.uint8)], scale=scale))
+            answers = [[int(out["id"]) for out in await job.future] for job in jobs]
+            await batcher.close()
+        return answers
+
+    answers = run(scenario())
+    assert answers == [[i + 1] for i in range(len(shapes))] * 2
+    seen = [(shape, scale) for shape, scale, _ in graph.batches]
+    assert len(seen) == len(set(seen)) == 6  # three shapes × two scales, each run once
+    for shape, scale, ids in graph.batches:
+        assert all(shapes[i - 1] == shape[:2] for i in ids), (shape, scale, ids)
+    assert sum(len(ids) for _, _, ids in graph.batches) == 12
