@@ -233,7 +233,7 @@ def load_weights(model: SimPoolModel, imported: ImportedCheckpoint) -> list[str]
             notes.append("dropped the checkpoint's classifier (--num-classes 0)")
     if model.family == "convnext" and any(k.startswith("backbone.downsample_layers.") for k in sd):
         sd = _convert_fb_convnext(model, sd)
-    if model.family == "vit" and imported.format == "dino":
+    if model.pos_rule == "dino":  # the paper's DINO ViT, imported or saved in our own layout
         sd = _dino_pos_embed(model, sd, notes)
     elif model.family == "vit":
         sd = _resample_pos_embed(model, sd, notes)

@@ -657,5 +657,24 @@ def test_multi_scale_full_view_matches_float64_reference(
         ref = multi_scale_reference(layout, pixels)
         got = multi_scale_onnx(session, pixels)
         err = float(np.abs(got - ref).max() / np.abs(ref).max())
+        print(f"{name} {photo} {pixels.shape[:2]}: ONNX multi-scale vs float64 reference {err:.2e}")
         assert err < 1e-4, (photo, pixels.shape, err)
     assert len(shapes) == 4 and any(h > w for h, w in shapes) and any(w > h for h, w in shapes)
+
+
+def test_dino_vit_in_own_layout_keeps_the_dino_rule(layouts: dict[str, Layout], tmp_path: Path) -> None:
+    """A DINO ViT saved in the project's layout (here at --image-size 160) reloads with its 14x14
+    pos_embed and DINO's resample, not timm's: the same answers at any size."""
+    imported = import_checkpoint(load_file(layouts["dino_vit_small"].path))
+    model = build_model(resolve_config(imported, image_size=160))
+    load_weights(model, imported)
+    save_checkpoint(model, tmp_path / "own.safetensors")
+    again = import_checkpoint(load_file(tmp_path / "own.safetensors"))
+    reloaded = build_model(resolve_config(again))
+    load_weights(reloaded, again)
+    assert reloaded.pos_rule == "dino" and tuple(reloaded.backbone.pos_embed.shape) == (1, 196, 384)
+    x = torch.randn(1, 3, 100, 200, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    with torch.no_grad():
+        ref = dino_vit_tokens(layouts["dino_vit_small"].backbone, x)
+        got = reloaded.double().features(x)
+    assert rel_err(got.numpy(), ref.numpy()) < 1e-6
