@@ -80,6 +80,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--model-dir", type=Path, help="model repository (SIMPOOL_MODEL_DIR)")
     p.add_argument("--host", help="address to listen on (SIMPOOL_HOST, default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (SIMPOOL_PORT, default 8000)")
+    p.add_argument("--grpc-port", type=int, help="gRPC port (SIMPOOL_GRPC_PORT, default 8001; 0: no gRPC)")
     p.add_argument("--default-model", help="model for requests that name none (SIMPOOL_DEFAULT_MODEL)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="SIMPOOL_LOG_LEVEL")
     return p.parse_args(argv)
@@ -144,7 +145,7 @@ def _serve(settings: Settings, sock: socket.socket) -> int:
         if server is not None:
             server.should_exit = True
 
-    app = create_app(settings, on_fatal=on_fatal)
+    app = create_app(settings, on_fatal=on_fatal, serve_grpc=True)
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -181,6 +182,11 @@ def main(argv: list[str] | None = None) -> int:
         preflight.check_default_model(models, settings.default_model)
         preflight.check_providers(settings.providers)
         sock = preflight.listen(settings.host, settings.port, settings.backlog)
+        try:
+            preflight.check_grpc_port(settings.host, settings.grpc_port)
+        except preflight.ConfigError:
+            sock.close()
+            raise
     except preflight.ConfigError as exc:
         return _fail(str(exc), STARTUP_FAILURE, exc, debug)
     _announce(settings, sock, sorted(models), preflight.untrained(models))
