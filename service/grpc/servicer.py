@@ -41,6 +41,9 @@ log = logging.getLogger("simpool_serve.app")
 T = TypeVar("T")
 _PROBES = {"ServerLive", "ServerReady", "ModelReady"}  # open and logged at debug level, as HTTP's probes
 _NO_DEADLINE = 1e9  # time_remaining() of a call without a deadline is about forever
+# A call cancelled this close to its deadline was ended by it (the client's timer fires a moment before
+# the server's): counted as 504, not 499.
+_AT_DEADLINE_S = 0.05
 
 
 def _version(model: LoadedModel, version: str) -> None:
@@ -145,8 +148,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             status, code = http_equivalent(exc), code_of(exc)
             await self._abort(context, exc, labels[0])  # raises: the RPC ends with `code`
             raise
-        except asyncio.CancelledError:
-            late = context.time_remaining() is not None and context.time_remaining() <= 0
+        except asyncio.CancelledError:  # the client left; at its deadline, that is the deadline passing
+            remaining = context.time_remaining()
+            late = remaining is not None and remaining < _AT_DEADLINE_S
             status = 504 if late else 499
             code = grpc.StatusCode.DEADLINE_EXCEEDED if late else grpc.StatusCode.CANCELLED
             raise
