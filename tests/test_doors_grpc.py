@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -26,7 +27,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as tg
 import tritonclient.http as th
-from conftest import BIN, Server, cosine, free_port, start_server
+from conftest import BIN, REPO_ROOT, Server, cosine, free_port, start_server
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 from tritonclient.grpc import service_pb2, service_pb2_grpc
@@ -404,3 +405,16 @@ def test_kserve_grpc_client(served: GrpcServer, photos: dict[str, Path]) -> None
     if proc.returncode == 77:
         pytest.skip(f"kserve is not importable here: {proc.stdout.strip()}")
     assert proc.returncode == 0 and "kserve ok" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_api_doc_grpc_example_runs(served: GrpcServer, photos: dict[str, Path]) -> None:
+    """docs/api.md's tritonclient.grpc example, as written (address, model, image and key swapped in)."""
+    text = (REPO_ROOT / "docs" / "api.md").read_text()
+    section = text.split("## Open Inference Protocol over gRPC", 1)[1].split("\n## ", 1)[0]
+    (code,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    code = code.replace("localhost:8001", served.address).replace("vit_small_simpool", "vit_tiny")
+    code = code.replace('"cat.jpg"', repr(str(photos["chelsea.jpg"])))
+    code = code.replace('# headers={"authorization": "Bearer <key>"}', f"headers={AUTH!r},  #")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert re.fullmatch(r"\(1, 192\) [0-9a-f]{16}\n", proc.stdout), proc.stdout  # vit_tiny: 192 dimensions
