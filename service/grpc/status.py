@@ -29,9 +29,9 @@ CODE: dict[Kind | RefusalKind, grpc.StatusCode] = {
 
 
 def code_of(error: Failure) -> grpc.StatusCode:
-    return CODE[error.kind]
+    return CODE.get(error.kind, grpc.StatusCode.INTERNAL)  # every kind is listed (a test checks)
 
 
 def http_equivalent(error: Failure) -> int:
     """The HTTP status of the same failure (the metrics' `code` label)."""
-    return STATUS[error.kind]
+    return STATUS.get(error.kind, 500)
