@@ -64,6 +64,7 @@ def create_app(
         if serve_grpc and settings.grpc_port:
             key = settings.api_key.get_secret_value() if settings.api_key is not None else None
             grpc_server = GrpcServer(engine, metrics, key, settings.host, settings.grpc_port)
+            app.state.grpc_server = grpc_server  # the CLI stops it at the signal, beside uvicorn's drain
             try:
                 await grpc_server.start()
             except BindError as exc:  # taken since the CLI's check: as fatal as a busy HTTP port

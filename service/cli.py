@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import logging
 import os
@@ -50,6 +51,18 @@ class _Server(uvicorn.Server):
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """uvicorn's drain, with the gRPC door's in parallel: both stop taking new calls at the signal
+        and share one grace period (in sequence they could outlast the orchestrator's)."""
+        grpc_server = getattr(getattr(self.config.app, "state", None), "grpc_server", None)
+        grace = self.config.timeout_graceful_shutdown or 0
+        stopping = asyncio.ensure_future(grpc_server.stop(grace)) if grpc_server is not None else None
+        try:
+            await super().shutdown(sockets)
+        finally:
+            if stopping is not None:
+                await stopping
 
     def _on_signal(self, sig: int, frame: FrameType | None) -> None:
         log.info("signal received: finishing accepted requests", extra={"signal": signal.Signals(sig).name})

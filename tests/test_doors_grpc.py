@@ -418,3 +418,23 @@ def test_api_doc_grpc_example_runs(served: GrpcServer, photos: dict[str, Path]) 
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert re.fullmatch(r"\(1, 192\) [0-9a-f]{16}\n", proc.stdout), proc.stdout  # vit_tiny: 192 dimensions
+
+
+def test_sigterm_drains_grpc_with_http(model_repo: Path, tmp_path: Path) -> None:
+    """At SIGTERM the gRPC door stops taking calls with uvicorn (not after its drain), answers the call
+    in flight, and the process exits 0."""
+    port = free_port()
+    env = {"SIMPOOL_GRPC_PORT": str(port), "SIMPOOL_SHUTDOWN_GRACE_S": "20"}
+    buf = io.BytesIO()
+    Image.linear_gradient("L").resize((4000, 3000)).convert("RGB").save(buf, "PNG")
+    with start_server(model_repo, tmp_path, env) as http:
+        client = tg.InferenceServerClient(f"127.0.0.1:{port}")
+        with ThreadPoolExecutor(1) as pool:
+            in_flight = pool.submit(client.infer, "resnet18", [_bytes_input([buf.getvalue()] * 4)])
+            time.sleep(0.3)  # the call is decoding
+            http.proc.terminate()
+            answer = in_flight.result(timeout=60)
+        assert answer.as_numpy("embedding").shape == (4, 512)
+        assert http.proc.wait(timeout=60) == 0
+    log = http.read_log()
+    assert log.index('"gRPC stopped"') < log.index('"stopped"'), log[-2000:]

@@ -57,6 +57,7 @@ class GrpcServer:
         self._health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         self._watch: asyncio.Task[None] | None = None
+        self._stopping: asyncio.Future[None] | None = None
 
     async def start(self) -> int:
         """Binds and starts serving; returns the port. BindError when the address cannot be bound."""
@@ -86,10 +87,18 @@ class GrpcServer:
             await asyncio.sleep(_HEALTH_POLL_S)
 
     async def stop(self, grace_s: float) -> None:
-        """Refuses new calls, lets those in flight finish within `grace_s`, then closes."""
+        """Refuses new calls, lets those in flight finish within `grace_s`, then closes. Called at the
+        signal (beside uvicorn's own drain) and again by the lifespan: the second call waits for the
+        first."""
+        if self._stopping is None:
+            self._stopping = asyncio.ensure_future(self._stop(grace_s))
+        await asyncio.shield(self._stopping)
+
+    async def _stop(self, grace_s: float) -> None:
         if self._watch is not None:
             self._watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch
-        await self._health.enter_graceful_shutdown()
+        await self._health.enter_graceful_shutdown()  # probes see NOT_SERVING at once
         await self._server.stop(grace_s)
+        log.info("gRPC stopped")
