@@ -15,6 +15,7 @@ from fastapi import FastAPI
 from simpool_serve.service import docs_pages
 from simpool_serve.service.engine import Engine
 from simpool_serve.service.engine.runner import OnnxRunner, RunnerFactory
+from simpool_serve.service.grpc.server import BindError, GrpcServer
 from simpool_serve.service.handlers import install_error_handlers
 from simpool_serve.service.metrics import Metrics
 from simpool_serve.service.observe import RequestObserver
@@ -32,12 +33,14 @@ def create_app(
     settings: Settings,
     on_fatal: Callable[[str], None] | None = None,
     runner_factory: RunnerFactory = OnnxRunner,
+    serve_grpc: bool = False,
 ) -> FastAPI:
     """Builds the app; models load in the background after start-up (`/readyz` says when they are ready).
 
     `on_fatal` is called if loading fails (the CLI stops the server with exit code 3); without it the
     app stays up, not ready, with the reason in `/readyz`. `runner_factory` opens each graph (a caller
-    may wrap the real session, e.g. to inject faults).
+    may wrap the real session, e.g. to inject faults). With `serve_grpc` (the CLI), the lifespan also runs
+    the gRPC door on `settings.grpc_port` (unless 0) with the same engine.
     """
     metrics = Metrics(settings.max_batch_size or 32)
     tracing = tracing_from_env()  # None unless OTEL_TRACES_EXPORTER names an exporter
@@ -60,11 +63,25 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = Engine.from_config(settings.engine_config(), metrics, runner_factory, tracer)
         app.state.engine = engine
+        grpc_server = None
+        if serve_grpc and settings.grpc_port:
+            key = settings.api_key.get_secret_value() if settings.api_key is not None else None
+            grpc_server = GrpcServer(engine, metrics, key, settings.host, settings.grpc_port)
+            app.state.grpc_server = grpc_server  # the CLI stops it at the signal, beside uvicorn's drain
+            try:
+                await grpc_server.start()
+            except BindError as exc:  # taken since the CLI's check: as fatal as a busy HTTP port
+                await engine.close()
+                if on_fatal is not None:
+                    on_fatal(str(exc))
+                raise
         loader = asyncio.create_task(load(engine), name="load-models")
         try:
             yield
         finally:
             log.info("shutting down: draining the queues")
+            if grpc_server is not None:
+                await grpc_server.stop(settings.shutdown_grace_s)
             if not loader.done():
                 loader.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

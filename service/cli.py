@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import logging
 import os
@@ -51,6 +52,18 @@ class _Server(uvicorn.Server):
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """uvicorn's drain, with the gRPC door's in parallel: both stop taking new calls at the signal
+        and share one grace period (in sequence they could outlast the orchestrator's)."""
+        grpc_server = getattr(getattr(self.config.app, "state", None), "grpc_server", None)
+        grace = self.config.timeout_graceful_shutdown or 0
+        stopping = asyncio.ensure_future(grpc_server.stop(grace)) if grpc_server is not None else None
+        try:
+            await super().shutdown(sockets)
+        finally:
+            if stopping is not None:
+                await stopping
+
     def _on_signal(self, sig: int, frame: FrameType | None) -> None:
         log.info("signal received: finishing accepted requests", extra={"signal": signal.Signals(sig).name})
         if self.should_exit and sig == signal.SIGINT:
@@ -80,6 +93,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--model-dir", type=Path, help="model repository (SIMPOOL_MODEL_DIR)")
     p.add_argument("--host", help="address to listen on (SIMPOOL_HOST, default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (SIMPOOL_PORT, default 8000)")
+    p.add_argument("--grpc-port", type=int, help="gRPC port (SIMPOOL_GRPC_PORT, default 8001; 0: no gRPC)")
     p.add_argument("--default-model", help="model for requests that name none (SIMPOOL_DEFAULT_MODEL)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="SIMPOOL_LOG_LEVEL")
     return p.parse_args(argv)
@@ -144,7 +158,7 @@ def _serve(settings: Settings, sock: socket.socket) -> int:
         if server is not None:
             server.should_exit = True
 
-    app = create_app(settings, on_fatal=on_fatal)
+    app = create_app(settings, on_fatal=on_fatal, serve_grpc=True)
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -182,6 +196,11 @@ def main(argv: list[str] | None = None) -> int:
         preflight.check_providers(settings.providers)
         preflight.check_tracing()
         sock = preflight.listen(settings.host, settings.port, settings.backlog)
+        try:
+            preflight.check_grpc_port(settings.host, settings.grpc_port)
+        except preflight.ConfigError:
+            sock.close()
+            raise
     except preflight.ConfigError as exc:
         return _fail(str(exc), STARTUP_FAILURE, exc, debug)
     _announce(settings, sock, sorted(models), preflight.untrained(models))

@@ -14,6 +14,7 @@ Failure = EngineError | Refusal
 STATUS: dict[Kind | RefusalKind, int] = {
     Kind.BAD_IMAGE: 400,
     RefusalKind.UNAUTHENTICATED: 401,
+    RefusalKind.FORBIDDEN: 403,
     Kind.NOT_FOUND: 404,
     Kind.TOO_LARGE: 413,
     RefusalKind.UNSUPPORTED_MEDIA: 415,

@@ -33,7 +33,8 @@ def settings_error(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors():
         name = str(err["loc"][0]) if err.get("loc") else "settings"
-        flag = f"--{name.replace('_', '-')}" if name in {"model_dir", "host", "port", "default_model"} else ""
+        flagged = {"model_dir", "host", "port", "grpc_port", "default_model"}
+        flag = f"--{name.replace('_', '-')}" if name in flagged else ""
         where = f"{flag} / SIMPOOL_{name.upper()}" if flag else f"SIMPOOL_{name.upper()}"
         given = "" if name == "api_key" else f" (got {err.get('input')!r})"
         parts.append(f"{where}: {err.get('msg', 'invalid')}{given}")
@@ -109,23 +110,7 @@ def listen(host: str, port: int, backlog: int = BACKLOG) -> socket.socket:
         ) from exc
     except OSError as exc:
         sock.close()
-        where = f"{host}:{port}"
-        if exc.errno == errno.EADDRINUSE:
-            raise ConfigError(
-                f"cannot listen on {where}: the port is already in use (another simpool-serve?); "
-                "stop that process or choose another --port (SIMPOOL_PORT)"
-            ) from exc
-        if exc.errno == errno.EACCES:
-            raise ConfigError(
-                f"cannot listen on {where}: permission denied (ports below 1024 need privileges); "
-                "choose --port 8000 or another above 1023"
-            ) from exc
-        if exc.errno == errno.EADDRNOTAVAIL:
-            raise ConfigError(
-                f"cannot listen on {where}: {host} is not an address of this machine; "
-                "use --host 127.0.0.1 or --host 0.0.0.0"
-            ) from exc
-        raise ConfigError(f"cannot listen on {where}: {exc.strerror or exc}") from exc
+        raise _bind_error(exc, host, port, "--port", "SIMPOOL_PORT") from exc
     return sock
 
 
@@ -135,6 +120,44 @@ def check_tracing() -> None:
         tracing.check_env()
     except tracing.TracingError as exc:
         raise ConfigError(str(exc)) from exc
+
+
+def _bind_error(exc: OSError, host: str, port: int, flag: str, variable: str) -> ConfigError:
+    where = f"{host}:{port}"
+    if exc.errno == errno.EADDRINUSE:
+        return ConfigError(
+            f"cannot listen on {where}: the port is already in use (another simpool-serve?); "
+            f"stop that process or choose another {flag} ({variable})"
+        )
+    if exc.errno == errno.EACCES:
+        return ConfigError(
+            f"cannot listen on {where}: permission denied (ports below 1024 need privileges); "
+            f"choose a {flag} above 1023"
+        )
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return ConfigError(
+            f"cannot listen on {where}: {host} is not an address of this machine; "
+            "use --host 127.0.0.1 or --host 0.0.0.0"
+        )
+    return ConfigError(f"cannot listen on {where}: {exc.strerror or exc}")
+
+
+def check_grpc_port(host: str, port: int) -> None:
+    """That the gRPC port is free now (the gRPC server binds it once the app starts); 0 is off.
+
+    Bound as gRPC binds (SO_REUSEADDR, never SO_REUSEPORT), so a port another server listens on is
+    refused here, in one line, before any model loads.
+    """
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            error = _bind_error(exc, host, port, "--grpc-port", "SIMPOOL_GRPC_PORT; 0 turns gRPC off")
+            raise ConfigError(str(error).replace("cannot listen on", "cannot listen for gRPC on")) from exc
 
 
 def untrained(models: dict[str, ModelFolder]) -> list[str]:

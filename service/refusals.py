@@ -12,6 +12,7 @@ from enum import StrEnum
 class RefusalKind(StrEnum):
     UNAUTHENTICATED = "unauthenticated"  # missing or wrong API key
     UNSUPPORTED_MEDIA = "unsupported_media"  # a content type or encoding no door reads
+    FORBIDDEN = "forbidden"  # an operation this server's mode does not allow (repository load/unload)
 
 
 class Refusal(Exception):
@@ -32,3 +33,7 @@ def unauthenticated(detail: str) -> Refusal:
 
 def unsupported_media(detail: str) -> Refusal:
     return Refusal(RefusalKind.UNSUPPORTED_MEDIA, detail, "unsupported_media_type")
+
+
+def forbidden(detail: str) -> Refusal:
+    return Refusal(RefusalKind.FORBIDDEN, detail, "forbidden")

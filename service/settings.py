@@ -25,6 +25,12 @@ class Settings(EngineConfig):
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
+    grpc_port: int = Field(
+        8001,
+        ge=0,
+        le=65535,
+        description="The gRPC door (Open Inference Protocol, grpc.health.v1) on `host`; 0 turns it off.",
+    )
 
     # Access and logs.
     api_key: SecretStr | None = Field(

@@ -1,7 +1,15 @@
 """The HTTP-free engine every door calls: models, thread plan, decode pool, batchers (see engine.py)."""
 
 from simpool_serve.service.engine.config import EngineConfig
-from simpool_serve.service.engine.engine import Answer, Call, Disconnected, Engine, ImageFailure, OnError
+from simpool_serve.service.engine.engine import (
+    Answer,
+    Call,
+    Disconnected,
+    Engine,
+    ImageFailure,
+    OnError,
+    RepositoryEntry,
+)
 from simpool_serve.service.engine.errors import EngineError, Kind, not_ready, overloaded
 from simpool_serve.service.engine.limits import Limits
 from simpool_serve.service.engine.models import LoadedModel, ModelFolder
@@ -20,6 +28,7 @@ __all__ = [
     "LoadedModel",
     "ModelFolder",
     "OnError",
+    "RepositoryEntry",
     "ThreadPlan",
     "not_ready",
     "overloaded",

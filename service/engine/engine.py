@@ -81,6 +81,17 @@ class ImageFailure:
 
 
 @dataclass(frozen=True, slots=True)
+class RepositoryEntry:
+    """One model folder as the repository index shows it (Triton's states: READY, UNAVAILABLE,
+    LOADING), with the reason when it is not READY."""
+
+    name: str
+    version: str
+    state: Literal["READY", "UNAVAILABLE", "LOADING"]
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Answer:
     """One request's outputs, per image in request order (`None` for an image in `failures`)."""
 
@@ -219,6 +230,21 @@ class Engine:
         raise EngineError(
             Kind.NOT_FOUND, f"unknown model {shown!r}; served: {sorted(self.folders)}", "unknown_model"
         )
+
+    def repository(self) -> list[RepositoryEntry]:
+        """Every model folder and its state, sorted by name; every door's repository index."""
+        entries = []
+        for name in sorted(self.folders):
+            model = self._models.get(name)
+            if model is not None and model.batcher.alive:
+                entries.append(RepositoryEntry(name, "1", "READY", ""))
+            elif model is not None:
+                entries.append(RepositoryEntry(name, "1", "UNAVAILABLE", "its batcher has stopped"))
+            elif self.load_error is not None:
+                entries.append(RepositoryEntry(name, "1", "UNAVAILABLE", f"not loaded: {self.load_error}"))
+            else:
+                entries.append(RepositoryEntry(name, "1", "LOADING", "loading"))
+        return entries
 
     def deadline(self) -> float:
         """The deadline (event-loop time) of a request starting now: `request_timeout_s` from now."""

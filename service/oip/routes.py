@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
 
 from simpool_serve import __version__
 from simpool_serve.service import encoding
@@ -20,7 +21,7 @@ from simpool_serve.service.door import Door
 from simpool_serve.service.engine import Answer, Call, Engine, EngineError, Kind, LoadedModel
 from simpool_serve.service.http_door import read_body, serve_http
 from simpool_serve.service.http_status import Failure
-from simpool_serve.service.oip import codec
+from simpool_serve.service.oip import codec, repository
 from simpool_serve.service.oip.model_config import PLATFORM, triton_config
 from simpool_serve.service.oip.schemas import (
     INFER_EXAMPLE,
@@ -31,10 +32,13 @@ from simpool_serve.service.oip.schemas import (
     ModelMetadata,
     ModelReady,
     Ready,
+    RepositoryIndexRequest,
+    RepositoryModel,
     ServerMetadata,
 )
 from simpool_serve.service.openapi_schema import inline
 from simpool_serve.service.routes.deps import Authorized, EngineDep
+from simpool_serve.service.validation import describe
 from simpool_serve.spec import ATTENTION, EMBEDDING, LOGITS
 
 PREFIX = "/v2"
@@ -205,3 +209,41 @@ class InferDoor(Door[codec.InferRequest, Response]):
 @router.post("/models/{model}/versions/{version}/infer", include_in_schema=False)
 async def infer(request: Request, engine: EngineDep, model: str, version: str | None = None) -> Response:
     return await serve_http(request, engine, InferDoor(request, model, version))
+
+
+# -- model repository ------------------------------------------------------------------------------
+
+
+@router.post(
+    "/repository/index",
+    summary="Model repository index",
+    description="Every model folder with its `state` (READY, UNAVAILABLE or LOADING) and `reason`; "
+    'the body `{"ready": true}` keeps only the READY ones.',
+    response_model=list[RepositoryModel],
+    responses=_ERRORS,
+)
+async def repository_index(request: Request, engine: EngineDep) -> list[dict[str, Any]]:
+    body = await read_body(request, engine.limits)
+    try:
+        wanted = RepositoryIndexRequest.model_validate_json(body or b"{}")
+    except ValidationError as exc:
+        raise codec.malformed(describe(exc)) from None
+    return repository.index(engine, wanted.ready)
+
+
+@router.post(
+    "/repository/models/{model}/load",
+    summary="Load a model (refused: 403 under the model control mode 'none')",
+    responses={403: {"model": ErrorOut}, 401: {"model": ErrorOut}},
+)
+async def repository_load(model: str) -> None:
+    raise repository.control_refused("load", model)
+
+
+@router.post(
+    "/repository/models/{model}/unload",
+    summary="Unload a model (refused: 403 under the model control mode 'none')",
+    responses={403: {"model": ErrorOut}, 401: {"model": ErrorOut}},
+)
+async def repository_unload(model: str) -> None:
+    raise repository.control_refused("unload", model)

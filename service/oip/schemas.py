@@ -110,3 +110,14 @@ class ModelReady(BaseModel):
 
 class ErrorOut(BaseModel):
     error: str
+
+
+class RepositoryIndexRequest(_Open):
+    ready: bool = Field(False, description="Only the models ready for inference.")
+
+
+class RepositoryModel(BaseModel):
+    name: str
+    version: str
+    state: str = Field(description="READY, UNAVAILABLE or LOADING.")
+    reason: str = Field(description="Why the model is not READY; empty when it is.")

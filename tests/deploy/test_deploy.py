@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 import yaml
 from PIL import Image
@@ -758,11 +759,16 @@ def test_runtime_wheel_serves_without_torch(model_repo: Path, tmp_path: Path) ->
     for script, target in SCRIPTS.items():
         assert f"{script} = {target}" in entry_points
 
-    port = free_port()
+    # The gRPC door's vendored protocol (with its licence) is package data too.
+    shipped = set(zipfile.ZipFile(wheel).namelist())
+    for name in ("grpc_service.proto", "model_config.proto", "LICENSE"):
+        assert f"simpool_serve/service/grpc/proto/{name}" in shipped, name
+    port, grpc_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SIMPOOL_")}
     env.update(
-        PYTHONPATH=str(site), SIMPOOL_PROVIDERS="CPUExecutionProvider", SIMPOOL_DEFAULT_MODEL="resnet18"
-    )
+        PYTHONPATH=str(site), SIMPOOL_PROVIDERS="CPUExecutionProvider", SIMPOOL_DEFAULT_MODEL="resnet18",
+        SIMPOOL_GRPC_PORT=str(grpc_port),
+    )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-c", _RUN_FROM_WHEEL, str(site), "--model-dir", str(model_repo),
            "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
@@ -780,6 +786,13 @@ def test_runtime_wheel_serves_without_torch(model_repo: Path, tmp_path: Path) ->
         page = httpx.get(f"{url}/ui", timeout=10)
         assert page.status_code == 200 and "ui/app.js" in page.text
         assert httpx.get(f"{url}/ui/app.js", timeout=10).status_code == 200
+        # The gRPC door runs from the wheel's generated stubs.
+        import tritonclient.grpc as tg
+
+        tensor = tg.InferInput("images", [1], "BYTES")
+        tensor.set_data_from_numpy(np.array([_tiny_png()], dtype=np.object_))
+        answer = tg.InferenceServerClient(f"127.0.0.1:{grpc_port}").infer("resnet18", [tensor])
+        assert answer.as_numpy("embedding").shape[0] == 1
 
 
 def _tiny_png() -> bytes:

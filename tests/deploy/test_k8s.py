@@ -53,6 +53,7 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "cpu+models-from-checkpoint": ("overlays/cpu", ["components/models-from-checkpoint"]),
     "gpu+tensorrt": ("overlays/gpu", ["components/tensorrt"]),
     "kserve": ("kserve", []),
+    "kserve-grpc": ("kserve-grpc", []),
 }
 # Applied by hand, not through kustomize.
 STANDALONE = {"export-job": K8S / "components" / "models-from-pvc" / "export-job.yaml"}

@@ -49,7 +49,8 @@ def start_server(
     port = port or free_port()
     log = log_dir / f"serve-{host}-{port}.log"
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("SIMPOOL_")}
-    full_env.update({"SIMPOOL_PROVIDERS": "CPUExecutionProvider", **(env or {})})
+    # gRPC off unless a test asks for it: every test server would otherwise bind the default 8001.
+    full_env.update({"SIMPOOL_PROVIDERS": "CPUExecutionProvider", "SIMPOOL_GRPC_PORT": "0", **(env or {})})
     url = f"http://{host}:{port}"
     cmd = [str(BIN / "simpool-serve"), "--model-dir", str(model_dir), "--host", host, "--port", str(port)]
     with running_process(cmd, f"{url}/readyz", log, full_env, ready_timeout) as proc:

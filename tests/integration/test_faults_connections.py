@@ -49,6 +49,7 @@ def low_limit_server(model_repo: Path, tmp_path_factory: pytest.TempPathFactory)
     env = {k: v for k, v in os.environ.items() if not k.startswith("SIMPOOL_")}
     env |= {
         "SIMPOOL_PROVIDERS": "CPUExecutionProvider",
+        "SIMPOOL_GRPC_PORT": "0",
         "SIMPOOL_KEEP_ALIVE_TIMEOUT_S": str(KEEP_ALIVE_S),
         "SIMPOOL_REQUEST_TIMEOUT_S": str(DEADLINE_S),
         "SIMPOOL_DEFAULT_MODEL": "resnet18",

@@ -57,6 +57,7 @@ def test_damaged_graph_refuses_to_start(
     damage(folder, model_repo)
     env = {k: v for k, v in os.environ.items() if not k.startswith("SIMPOOL_")}
     env["SIMPOOL_PROVIDERS"] = "CPUExecutionProvider"
+    env["SIMPOOL_GRPC_PORT"] = "0"
     cmd = [str(BIN / "simpool-serve"), "--model-dir", str(repo), "--port", str(free_port())]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
     output = proc.stdout + proc.stderr

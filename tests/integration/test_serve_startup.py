@@ -23,7 +23,7 @@ PREFIX = "simpool-serve: error: "
 
 def serve(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("SIMPOOL_")}
-    full_env.update({"SIMPOOL_PROVIDERS": "CPUExecutionProvider", **(env or {})})
+    full_env.update({"SIMPOOL_PROVIDERS": "CPUExecutionProvider", "SIMPOOL_GRPC_PORT": "0", **(env or {})})
     cmd = [str(BIN / "simpool-serve"), "--host", "127.0.0.1", *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=full_env)
 
@@ -106,6 +106,7 @@ def test_the_log_says_when_models_load_and_when_ready(server: Server) -> None:
 def test_untrained_models_on_every_interface_without_a_key_are_loud(model_repo: Path, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SIMPOOL_")}
     env["SIMPOOL_PROVIDERS"] = "CPUExecutionProvider"
+    env["SIMPOOL_GRPC_PORT"] = "0"
     log = tmp_path / "serve.log"
     cmd = [str(BIN / "simpool-serve"), "--model-dir", str(model_repo), "--host", "0.0.0.0", "--port", "0"]
     with log.open("wb") as fh:

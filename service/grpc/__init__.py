@@ -1,0 +1,1 @@
+"""The gRPC door: the Open Inference Protocol's GRPCInferenceService and grpc.health.v1."""
