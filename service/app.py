@@ -66,7 +66,7 @@ def create_app(
         grpc_server = None
         if serve_grpc and settings.grpc_port:
             key = settings.api_key.get_secret_value() if settings.api_key is not None else None
-            grpc_server = GrpcServer(engine, metrics, key, settings.host, settings.grpc_port)
+            grpc_server = GrpcServer(engine, metrics, key, settings.host, settings.grpc_port, tracer)
             app.state.grpc_server = grpc_server  # the CLI stops it at the signal, beside uvicorn's drain
             try:
                 await grpc_server.start()

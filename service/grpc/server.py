@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -25,6 +26,9 @@ log = logging.getLogger("simpool_serve.grpc")
 SERVICE = "inference.GRPCInferenceService"
 # Above the request byte limit (by a margin for the message's framing), so an oversized image or
 # request gets the service's own INVALID_ARGUMENT answer rather than gRPC's RESOURCE_EXHAUSTED.
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
+
 _FRAMING = 1 << 20
 _HEALTH_POLL_S = 0.5
 
@@ -37,10 +41,24 @@ def address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def _report_death(task: asyncio.Task[None]) -> None:
+    """The health follower only ends by cancellation; anything else is logged, never silent."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("the gRPC health follower stopped: probes keep its last answer", exc_info=task.exception())
+
+
 class GrpcServer:
     """One engine's gRPC server; `start` binds and serves, `stop` drains within its grace."""
 
-    def __init__(self, engine: Engine, metrics: Metrics, api_key: str | None, host: str, port: int) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        metrics: Metrics,
+        api_key: str | None,
+        host: str,
+        port: int,
+        tracer: Tracer | None = None,
+    ) -> None:
         self.engine = engine
         self.host, self.port = host, port
         limit = engine.limits.max_request_bytes + _FRAMING
@@ -52,7 +70,7 @@ class GrpcServer:
             ]
         )
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(engine, metrics, api_key), self._server
+            InferenceServicer(engine, metrics, api_key, tracer), self._server
         )
         self._health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
@@ -70,6 +88,7 @@ class GrpcServer:
             raise BindError(f"cannot listen for gRPC on {where}")
         await self._server.start()
         self._watch = asyncio.create_task(self._follow_readiness(), name="grpc-health")
+        self._watch.add_done_callback(_report_death)
         log.info(f"gRPC listening on {address(self.host, bound)}", extra={"grpc_port": bound})
         return bound
 

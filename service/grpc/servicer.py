@@ -11,19 +11,18 @@ RPCs not listed here (statistics, shared memory, trace and log settings, streami
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
-import numpy as np
 from google.protobuf import json_format
 
-from simpool_serve.service import encoding
 from simpool_serve.service.door import Door, Label, serve
-from simpool_serve.service.engine import Answer, Call, Disconnected, Engine, EngineError, Kind, LoadedModel
+from simpool_serve.service.engine import Answer, Call, Disconnected, Engine, EngineError, LoadedModel
 from simpool_serve.service.grpc import tensors
 from simpool_serve.service.grpc.status import code_of, http_equivalent
 from simpool_serve.service.grpc.stubs import grpc_service_pb2 as pb
@@ -33,9 +32,12 @@ from simpool_serve.service.http_status import Failure
 from simpool_serve.service.metrics import Metrics
 from simpool_serve.service.oip import codec, repository
 from simpool_serve.service.oip import routes as oip
+from simpool_serve.service.oip.inference import call_of, check_version, output_tensors
 from simpool_serve.service.oip.model_config import triton_config
 from simpool_serve.service.refusals import Refusal, unauthenticated
-from simpool_serve.spec import EMBEDDING
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
 
 log = logging.getLogger("simpool_serve.app")
 T = TypeVar("T")
@@ -44,15 +46,6 @@ _NO_DEADLINE = 1e9  # time_remaining() of a call without a deadline is about for
 # A call cancelled this close to its deadline was ended by it (the client's timer fires a moment before
 # the server's): counted as 504, not 499.
 _AT_DEADLINE_S = 0.05
-
-
-def _version(model: LoadedModel, version: str) -> None:
-    if version not in ("", oip.VERSION):
-        raise EngineError(
-            Kind.NOT_FOUND,
-            f"model {model.name!r} has no version {version!r}; it has {oip.VERSION!r}",
-            "unknown_model",
-        )
 
 
 class GrpcInferDoor(Door[tuple[codec.InferRequest, bool], pb.ModelInferResponse]):
@@ -69,12 +62,8 @@ class GrpcInferDoor(Door[tuple[codec.InferRequest, bool], pb.ModelInferResponse]
         return self.request.model_name or None
 
     def call(self, req: tuple[codec.InferRequest, bool], model: LoadedModel) -> Call:
-        _version(model, self.request.model_version)
-        parsed = req[0]
-        outputs = [c.name for c in parsed.choose_outputs(model.output_names)]
-        if isinstance(parsed.tensor, codec.Images):
-            return Call(images=parsed.tensor.payloads, outputs=outputs)
-        return Call(pixels=parsed.tensor.array, outputs=outputs)
+        check_version(model, self.request.model_version)
+        return call_of(req[0], model)
 
     async def run(
         self,
@@ -92,14 +81,8 @@ class GrpcInferDoor(Door[tuple[codec.InferRequest, bool], pb.ModelInferResponse]
         self, req: tuple[codec.InferRequest, bool], model: LoadedModel, result: Answer
     ) -> pb.ModelInferResponse:
         parsed, raw = req
-        chosen = parsed.choose_outputs(model.output_names)
-        arrays = []
-        for choice in chosen:
-            if choice.name == EMBEDDING and parsed.normalize:  # as the HTTP door normalises
-                arrays.append((choice, np.stack(encoding.embeddings(result.outputs, True, "float"))))
-            else:
-                arrays.append((choice, np.stack([o[choice.name] for o in result.outputs if o])))
-        return tensors.response(model.name, parsed.id, model.fingerprint, arrays, raw)
+        arrays = output_tensors(parsed, model, result)
+        return tensors.response(model.name, parsed.id, result.fingerprint, arrays, raw)
 
 
 def _call_deadline(context: grpc.aio.ServicerContext) -> float | None:
@@ -109,13 +92,31 @@ def _call_deadline(context: grpc.aio.ServicerContext) -> float | None:
     return asyncio.get_running_loop().time() + remaining
 
 
+def _end_span(span: Any, labels: list[Any], code: grpc.StatusCode, status: int) -> str:
+    """The RPC's outcome and the door path's labels on its span; returns the trace id for the log."""
+    from opentelemetry.trace import Status, StatusCode, format_trace_id
+
+    span.set_attribute("rpc.system", "grpc")
+    span.set_attribute("rpc.grpc.status_code", code.value[0])
+    if labels[0]:
+        span.set_attribute("simpool.model", labels[0])
+        span.set_attribute("simpool.images", labels[1])
+        span.set_attribute("simpool.fingerprint", labels[2])
+    if status >= 500:
+        span.set_status(Status(StatusCode.ERROR))
+    return str(format_trace_id(span.get_span_context().trace_id))
+
+
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     """One engine's RPCs; `api_key` (None: open) guards every RPC but the probes."""
 
-    def __init__(self, engine: Engine, metrics: Metrics, api_key: str | None) -> None:
+    def __init__(
+        self, engine: Engine, metrics: Metrics, api_key: str | None, tracer: Tracer | None = None
+    ) -> None:
         self.engine = engine
         self.metrics = metrics
         self._key = api_key.encode() if api_key is not None else None
+        self._tracer = tracer  # None: tracing is off
 
     # -- the frame of every RPC ------------------------------------------------------------------
 
@@ -134,18 +135,22 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> T:
         """Runs one RPC: the key, the work, the failure's status; one count, duration and log line."""
         start = time.perf_counter()
-        labels: list[Any] = ["", 0]
+        labels: list[Any] = ["", 0, ""]
         status, code = 200, grpc.StatusCode.OK
+        traced = self._server_span(rpc, context) if self._tracer is not None else contextlib.nullcontext()
 
-        def label(model: str, images: int) -> None:
-            labels[:] = [model, images]
+        def label(model: str, images: int, fingerprint: str) -> None:
+            labels[:] = [model, images, fingerprint]
 
+        span = traced.__enter__()
         try:
             if rpc not in _PROBES:
                 self._check_key(context)
             return await work(label)
         except (EngineError, Refusal) as exc:
             status, code = http_equivalent(exc), code_of(exc)
+            if span is not None:
+                span.record_exception(exc, attributes={"simpool.reason": exc.reason})
             await self._abort(context, exc, labels[0])  # raises: the RPC ends with `code`
             raise
         except asyncio.CancelledError:  # the client left; at its deadline, that is the deadline passing
@@ -162,6 +167,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         finally:
             endpoint = f"grpc:{rpc}"
             seconds = time.perf_counter() - start
+            extra: dict[str, Any] = {}
+            if span is not None:
+                extra["trace_id"] = _end_span(span, labels, code, status)
+            traced.__exit__(None, None, None)
             self.metrics.requests.labels(endpoint, labels[0], str(status)).inc()
             self.metrics.request_duration.labels(endpoint).observe(seconds)
             log.log(
@@ -175,8 +184,20 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                     "status": status,
                     "grpc_code": code.name,
                     "duration_ms": round(seconds * 1000, 2),
+                    **extra,
                 },
             )
+
+    def _server_span(self, rpc: str, context: grpc.aio.ServicerContext) -> Any:
+        """The RPC's server span, continuing the caller's trace (`traceparent` in the metadata)."""
+        from opentelemetry import propagate
+        from opentelemetry.trace import SpanKind
+
+        assert self._tracer is not None
+        carrier = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+        return self._tracer.start_as_current_span(
+            f"grpc:{rpc}", context=propagate.extract(carrier), kind=SpanKind.SERVER
+        )
 
     async def _abort(self, context: grpc.aio.ServicerContext, error: Failure, model: str) -> None:
         self.metrics.failures.labels(model, error.reason).inc()
@@ -243,7 +264,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     def _model(self, name: str, version: str) -> LoadedModel:
         model = self.engine.model(name or None)
-        _version(model, version)
+        check_version(model, version)
         return model
 
     # -- inference -------------------------------------------------------------------------------

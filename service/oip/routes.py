@@ -10,18 +10,17 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
 from simpool_serve import __version__
-from simpool_serve.service import encoding
 from simpool_serve.service.door import Door
-from simpool_serve.service.engine import Answer, Call, Engine, EngineError, Kind, LoadedModel
+from simpool_serve.service.engine import Answer, Call, Engine, LoadedModel
 from simpool_serve.service.http_door import read_body, serve_http
 from simpool_serve.service.http_status import Failure
 from simpool_serve.service.oip import codec, repository
+from simpool_serve.service.oip.inference import VERSION, call_of, check_version, output_tensors
 from simpool_serve.service.oip.model_config import PLATFORM, triton_config
 from simpool_serve.service.oip.schemas import (
     INFER_EXAMPLE,
@@ -42,7 +41,6 @@ from simpool_serve.service.validation import describe
 from simpool_serve.spec import ATTENTION, EMBEDDING, LOGITS
 
 PREFIX = "/v2"
-VERSION = "1"  # every model has one version: the graph in its folder
 HEADER_LENGTH = "Inference-Header-Content-Length"
 EXTENSIONS = ["binary_tensor_data", "model_configuration", "parameters"]
 
@@ -60,18 +58,9 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _check_version(model: LoadedModel, version: str | None) -> None:
-    if version is not None and version != VERSION:
-        raise EngineError(
-            Kind.NOT_FOUND,
-            f"model {model.name!r} has no version {version!r}; it has {VERSION!r}",
-            "unknown_model",
-        )
-
-
 def _model(engine: Engine, name: str, version: str | None) -> LoadedModel:
     model = engine.model(name)
-    _check_version(model, version)
+    check_version(model, version)
     return model
 
 
@@ -144,12 +133,6 @@ async def model_config(engine: EngineDep, model: str, version: str | None = None
 # -- inference -------------------------------------------------------------------------------------
 
 
-def _tensor(outputs: list[dict[str, np.ndarray] | None], name: str, normalize: bool) -> np.ndarray:
-    if name == EMBEDDING and normalize:  # the same normalisation as REST's /embed
-        return np.stack(encoding.embeddings(outputs, True, "float"))
-    return np.stack([o[name] for o in outputs if o is not None])
-
-
 class InferDoor(Door[codec.InferRequest, Response]):
     """`POST /v2/models/{m}/infer`: JSON tensors or binary tensor data in and out."""
 
@@ -169,19 +152,11 @@ class InferDoor(Door[codec.InferRequest, Response]):
         return self.model
 
     def call(self, req: codec.InferRequest, model: LoadedModel) -> Call:
-        _check_version(model, self.version)
-        outputs = [c.name for c in req.choose_outputs(model.output_names)]
-        if req.descriptor.view == "full" and outputs != [EMBEDDING]:
-            raise EngineError(Kind.INVALID, "view=full answers only the 'embedding' output", "malformed")
-        tensor = req.tensor
-        if isinstance(tensor, codec.Images):
-            return Call(images=tensor.payloads, outputs=outputs, descriptor=req.descriptor)
-        return Call(pixels=tensor.array, outputs=outputs, descriptor=req.descriptor)
+        check_version(model, self.version)
+        return call_of(req, model)
 
     def encode(self, req: codec.InferRequest, model: LoadedModel, result: Answer) -> Response:
-        choices = req.choose_outputs(model.output_names)
-        normalize = req.normalize or result.normalized
-        tensors = [(c, _tensor(result.outputs, c.name, normalize)) for c in choices]
+        tensors = output_tensors(req, model, result)
         content, header = codec.encode_response(model.name, req.id, result.fingerprint, tensors)
         if header is None:
             return Response(content, media_type="application/json")

@@ -112,7 +112,13 @@ def test_health_metadata_and_config(served: GrpcServer) -> None:
     with grpc.insecure_channel(served.address) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         for service in ("", "inference.GRPCInferenceService"):
-            answer = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
+            # The health service follows readiness within its poll (0.5 s) of /readyz turning 200.
+            deadline = time.monotonic() + 5
+            while True:
+                answer = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
+                if answer.status == health_pb2.HealthCheckResponse.SERVING or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
             assert answer.status == health_pb2.HealthCheckResponse.SERVING
 
 

@@ -20,13 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
 
-from tests.helpers import Server, start_server
+from tests.helpers import Server, free_port, start_server
 
 ENGINE_SPANS = {"simpool.decode", "simpool.queue", "simpool.inference"}
 
@@ -73,8 +74,10 @@ class Receiver:
 
 
 @pytest.fixture(scope="module")
-def traced(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Receiver]]:
-    receiver = Receiver()
+def traced(
+    model_repo: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Server, Receiver, int]]:
+    receiver, grpc_port = Receiver(), free_port()
     env = {
         "SIMPOOL_DEFAULT_MODEL": "resnet18",
         "SIMPOOL_MAX_BATCH_DELAY_MS": "300",
@@ -83,9 +86,10 @@ def traced(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
         "OTEL_SERVICE_NAME": "simpool-test",
         "OTEL_BSP_SCHEDULE_DELAY": "100",
+        "SIMPOOL_GRPC_PORT": str(grpc_port),
     }
     with start_server(model_repo, tmp_path_factory.mktemp("traced-logs"), env) as server:
-        yield server, receiver
+        yield server, receiver, grpc_port
     receiver.server.shutdown()
 
 
@@ -118,8 +122,8 @@ def check_trace(spans: list[Any], parent: str) -> Any:
     return children["simpool.inference"]
 
 
-def test_a_trace_from_every_door(traced: tuple[Server, Receiver], photos: dict[str, Path]) -> None:
-    server, receiver = traced
+def test_a_trace_from_every_door(traced: tuple[Server, Receiver, int], photos: dict[str, Path]) -> None:
+    server, receiver, _ = traced
     photo = photos["coffee.jpg"].read_bytes()
     sent = {}
     with httpx.Client(base_url=server.url, timeout=60) as c:
@@ -135,10 +139,23 @@ def test_a_trace_from_every_door(traced: tuple[Server, Receiver], photos: dict[s
     assert {trace_id for trace_id, _ in sent.values()} <= logged
 
 
+def test_a_trace_from_the_grpc_door(traced: tuple[Server, Receiver, int], photos: dict[str, Path]) -> None:
+    import tritonclient.grpc as triton_grpc
+
+    _, receiver, grpc_port = traced
+    client = triton_grpc.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+    photo = photos["coffee.jpg"].read_bytes()
+    tensor = triton_grpc.InferInput("images", [1], "BYTES")
+    tensor.set_data_from_numpy(np.array([photo], dtype=np.object_))
+    trace_id, parent, header = traceparent()
+    client.infer("resnet18", [tensor], headers={"traceparent": header})
+    check_trace(receiver.trace(trace_id, ENGINE_SPANS | {"grpc:ModelInfer"}), parent)
+
+
 def test_batch_mates_are_linked_and_errors_recorded(
-    traced: tuple[Server, Receiver], photos: dict[str, Path]
+    traced: tuple[Server, Receiver, int], photos: dict[str, Path]
 ) -> None:
-    server, receiver = traced
+    server, receiver, _ = traced
     photo = photos["astronaut.jpg"].read_bytes()
     b64 = base64.b64encode(photo).decode()
     heads = [traceparent() for _ in range(3)]
