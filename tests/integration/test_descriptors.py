@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import io
 import shutil
+import subprocess
 from pathlib import Path
 
 import httpx
@@ -24,7 +25,7 @@ from simpool_serve.service.engine import Call, EngineError, Kind
 from simpool_serve.service.engine.descriptor import Descriptor
 from simpool_serve.service.engine.whitening import fit, save
 from simpool_serve.spec import EMBEDDING
-from tests.helpers import Server
+from tests.helpers import BIN, Server
 from tests.helpers.engine import engine_over, run
 
 PAPER_SCALES = (1.0, 0.7071, 0.5)
@@ -247,3 +248,32 @@ def test_every_door_takes_the_fields(server: Server, photos: dict[str, Path]) ->
         k: (r.status_code, r.text) for k, r in refused.items()
     }
     assert "simpool-whiten" in refused["whiten"].json()["detail"]
+
+
+def test_simpool_whiten_fits_what_the_engine_serves(
+    model_repo: Path, photos: dict[str, Path], tmp_path: Path
+) -> None:
+    folder = tmp_path / "vit_tiny"
+    shutil.copytree(model_repo / "vit_tiny", folder)
+    images = next(iter(photos.values())).parent
+    command = [str(BIN / "simpool-whiten"), str(folder), "--images", str(images), "--scales", "1", "0.5"]
+    too_many = subprocess.run([*command, "--dims", "64"], capture_output=True, text=True, timeout=300)
+    assert too_many.returncode == 2 and "need at least 65 images" in too_many.stderr
+    done = subprocess.run([*command, "--dims", "4"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert (folder / "whitening.npz").is_file() and "4 components" in done.stdout
+
+    async def scenario() -> tuple[object, object]:
+        async with engine_over(tmp_path) as engine:
+            model = engine.model("vit_tiny")
+            whitened = await engine.run(
+                model, Call(images=[photos["coffee.jpg"].read_bytes()],
+                            descriptor=Descriptor(view="full", scales=(1.0, 0.5), dimensions=2)),
+                deadline=engine.deadline(),
+            )  # fmt: skip
+            return whitened, model
+
+    whitened, model = run(scenario(), timeout=300)
+    vector = whitened.outputs[0][EMBEDDING]
+    assert vector.shape == (2,) and abs(float(np.linalg.norm(vector)) - 1) < 1e-5
+    assert whitened.fingerprint != model.fingerprint
