@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import httpx
 
 from simpool_serve.client.inputs import ImageInput
-from simpool_serve.client.protocol import OnError, Operation, Protocol, Request, headers
+from simpool_serve.client.protocol import OnError, Operation, Protocol, Request, descriptor_fields, headers
 from simpool_serve.client.results import AttentionResult, ClassifyResult, EmbedResult, ModelInfo
 from simpool_serve.client.retry import DEFAULT_CONNECT_TIMEOUT, RetryPolicy, RetryState
 from simpool_serve.client.sync_client import DEFAULT_URL
@@ -97,8 +97,22 @@ class AsyncSimPoolClient:
         model: str | None = None,
         normalize: bool = True,
         on_error: OnError = "fail",
+        view: Literal["crop", "full"] | None = None,
+        size: int | None = None,
+        scales: Sequence[float] | None = None,
+        region: Sequence[float] | None = None,
+        whiten: bool | None = None,
+        dimensions: int | None = None,
     ) -> EmbedResult:
-        return await self._run(self._protocol.embed(images, model, normalize, on_error))
+        return await self._run(
+            self._protocol.embed(
+                images,
+                model,
+                normalize,
+                on_error,
+                descriptor_fields(view, size, scales, region, whiten, dimensions),
+            )
+        )
 
     async def attention(
         self,

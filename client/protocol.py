@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
 
@@ -129,6 +129,27 @@ def _vector(entry: Any, dim: int) -> np.ndarray:
     return vec
 
 
+def descriptor_fields(
+    view: str | None,
+    size: int | None,
+    scales: Sequence[float] | None,
+    region: Sequence[float] | None,
+    whiten: bool | None,
+    dimensions: int | None,
+) -> dict[str, Any]:
+    """The retrieval descriptor's fields a caller set (docs/retrieval.md); unset ones stay the
+    server's defaults."""
+    given = {
+        "view": view,
+        "size": size,
+        "scales": list(scales) if scales is not None else None,
+        "region": list(region) if region is not None else None,
+        "whiten": whiten,
+        "dimensions": dimensions,
+    }
+    return {k: v for k, v in given.items() if v is not None}
+
+
 class Protocol:
     """Plans operations for one service: the settings every request shares."""
 
@@ -155,10 +176,16 @@ class Protocol:
         return {**({"model": chosen} if chosen else {}), **extra}
 
     def embed(
-        self, images: Sequence[ImageInput], model: str | None, normalize: bool, on_error: OnError
+        self,
+        images: Sequence[ImageInput],
+        model: str | None,
+        normalize: bool,
+        on_error: OnError,
+        descriptor: Mapping[str, Any] | None = None,
     ) -> Operation[EmbedResult]:
         chunks, offsets = self._split(images)
         fields = self._fields(model, normalize=normalize, encoding="base64", on_error=on_error)
+        fields.update({k: v for k, v in (descriptor or {}).items() if v is not None})
 
         def finish(responses: list[httpx.Response]) -> EmbedResult:
             bodies = [_json(r) for r in responses]

@@ -5,12 +5,12 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import httpx
 
 from simpool_serve.client.inputs import ImageInput
-from simpool_serve.client.protocol import OnError, Operation, Protocol, Request, headers
+from simpool_serve.client.protocol import OnError, Operation, Protocol, Request, descriptor_fields, headers
 from simpool_serve.client.results import AttentionResult, ClassifyResult, EmbedResult, ModelInfo
 from simpool_serve.client.retry import DEFAULT_CONNECT_TIMEOUT, RetryPolicy, RetryState
 
@@ -94,9 +94,27 @@ class SimPoolClient:
         model: str | None = None,
         normalize: bool = True,
         on_error: OnError = "fail",
+        view: Literal["crop", "full"] | None = None,
+        size: int | None = None,
+        scales: Sequence[float] | None = None,
+        region: Sequence[float] | None = None,
+        whiten: bool | None = None,
+        dimensions: int | None = None,
     ) -> EmbedResult:
-        """Embeddings [N, D] (L2-normalised unless `normalize=False`) in input order."""
-        return self._run(self._protocol.embed(images, model, normalize, on_error))
+        """Embeddings [N, D] (L2-normalised unless `normalize=False`) in input order.
+
+        `view`, `size`, `scales`, `region`, `whiten` and `dimensions` ask for a retrieval descriptor
+        (docs/retrieval.md): `view="full", scales=[1, 0.7071, 0.5]` is the paper's protocol. The
+        result's `fingerprint` then names that descriptor."""
+        return self._run(
+            self._protocol.embed(
+                images,
+                model,
+                normalize,
+                on_error,
+                descriptor_fields(view, size, scales, region, whiten, dimensions),
+            )
+        )
 
     def attention(
         self,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import io
+import pickle
 import shutil
 import subprocess
 from pathlib import Path
@@ -277,3 +278,43 @@ def test_simpool_whiten_fits_what_the_engine_serves(
     vector = whitened.outputs[0][EMBEDDING]
     assert vector.shape == (2,) and abs(float(np.linalg.norm(vector)) - 1) < 1e-5
     assert whitened.fingerprint != model.fingerprint
+
+
+def test_simpool_eval_retrieval_on_a_small_revisited_set(
+    model_repo: Path, photos: dict[str, Path], tmp_path: Path
+) -> None:
+    """A set in the revisited Oxford layout from real photographs: each query is also in the database
+    (once as easy, once more as a hard copy), so every level's AP is 100 whatever the weights."""
+    folder = tmp_path / "roxford5k"
+    (folder / "jpg").mkdir(parents=True)
+    names = ["astronaut.jpg", "coffee.jpg", "chelsea.jpg", "rocket.jpg", "immunohistochemistry.jpg"]
+    for name in names:
+        shutil.copy(photos[name], folder / "jpg" / name)
+    shutil.copy(photos["astronaut.jpg"], folder / "jpg" / "astronaut_copy.jpg")
+    shutil.copy(photos["coffee.jpg"], folder / "jpg" / "coffee_copy.jpg")
+    images = [n.removesuffix(".jpg") for n in names] + ["astronaut_copy", "coffee_copy"]
+    gnd = [
+        {
+            "easy": np.array([0]),
+            "hard": np.array([5]),
+            "junk": np.array([], int),
+            "bbx": np.array([10.0, 10, 400, 400]),
+        },
+        {
+            "easy": np.array([1]),
+            "hard": np.array([6]),
+            "junk": np.array([], int),
+            "bbx": np.array([0.0, 0, 300, 200]),
+        },
+    ]
+    (folder / "gnd_roxford5k.pkl").write_bytes(
+        pickle.dumps({"imlist": images, "qimlist": ["astronaut", "coffee"], "gnd": gnd})
+    )
+    command = [str(BIN / "simpool-eval-retrieval"), "--data", str(tmp_path), "--dataset", "roxford5k",
+               "--local", str(model_repo / "vit_tiny"), "--scales", "1", "0.7071", "0.5"]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "mAP easy=100.00 medium=100.00 hard=100.00"
+    cropped = subprocess.run([*command, "--query-box", "crop"], capture_output=True, text=True, timeout=600)
+    assert cropped.returncode == 0, cropped.stderr
+    assert cropped.stdout.splitlines()[-1].startswith("mAP easy=")
