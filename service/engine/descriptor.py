@@ -111,40 +111,12 @@ def resolve(
     if size > max_view_size:
         raise _invalid(f"size {size} is over the limit of {max_view_size} (SIMPOOL_MAX_VIEW_SIZE)")
     scales = tuple(round(float(s), 4) for s in (d.scales or (1.0,)))
-    if d.view == "full" and not manifest.dynamic_size:
-        raise _invalid(
-            f"model {model!r} was exported with a fixed input size, so it has no full view; "
-            "re-export it with this version of simpool-export",
-            "static_graph",
-        )
-    if scales != (1.0,) and manifest.scale_input is None:
-        raise _invalid(
-            f"model {model!r} has no in-graph scale input; re-export it with this version of simpool-export",
-            "static_graph",
-        )
+    _check_graph(d, scales, model, manifest)
     whiten = d.whiten or d.dimensions is not None
     if whiten:
-        if whitening is None:
-            asked = f"dimensions {d.dimensions} need" if d.dimensions is not None else "whiten needs"
-            raise _invalid(
-                f"{asked} a fitted whitening, and model {model!r} has none; fit one with "
-                f"`simpool-whiten MODEL_DIR/{model} --images DIR`",
-                "no_whitening",
-            )
-        mismatch = whitening.mismatch(d.view, size, scales)
-        if mismatch is not None:
-            raise _invalid(
-                f"model {model!r}: {mismatch}; fit it again with simpool-whiten", "whitening_mismatch"
-            )
-        if d.dimensions is not None and d.dimensions > whitening.dims:
-            raise _invalid(
-                f"dimensions {d.dimensions}: the whitening of model {model!r} has "
-                f"{whitening.dims} components",
-                "no_whitening",
-            )
-    default = d.view == "crop" and scales == (1.0,) and not whiten
+        _check_whitening(d, size, scales, model, whitening)
     fingerprint = graph_fingerprint
-    if not default:
+    if d.view != "crop" or scales != (1.0,) or whiten:
         ident = {
             "graph": graph_fingerprint,
             "view": d.view,
@@ -158,3 +130,40 @@ def resolve(
         blob = json.dumps(ident, sort_keys=True, separators=(",", ":")).encode()
         fingerprint = hashlib.sha256(blob).hexdigest()[:16]
     return Resolved(d.view, size, scales, d.region, whiten, d.dimensions, fingerprint)
+
+
+def _check_graph(d: Descriptor, scales: tuple[float, ...], model: str, manifest: Manifest) -> None:
+    """A graph exported before graphs took any size (or a scale) cannot give this descriptor."""
+    if d.view == "full" and not manifest.dynamic_size:
+        raise _invalid(
+            f"model {model!r} was exported with a fixed input size, so it has no full view; "
+            "re-export it with this version of simpool-export",
+            "static_graph",
+        )
+    if scales != (1.0,) and manifest.scale_input is None:
+        raise _invalid(
+            f"model {model!r} has no in-graph scale input; re-export it with this version of simpool-export",
+            "static_graph",
+        )
+
+
+def _check_whitening(
+    d: Descriptor, size: int, scales: tuple[float, ...], model: str, whitening: Whitening | None
+) -> None:
+    """The model's whitening exists, was fitted for this view, size and scales, and has the
+    components asked for."""
+    if whitening is None:
+        asked = f"dimensions {d.dimensions} need" if d.dimensions is not None else "whiten needs"
+        raise _invalid(
+            f"{asked} a fitted whitening, and model {model!r} has none; fit one with "
+            f"`simpool-whiten MODEL_DIR/{model} --images DIR`",
+            "no_whitening",
+        )
+    mismatch = whitening.mismatch(d.view, size, scales)
+    if mismatch is not None:
+        raise _invalid(f"model {model!r}: {mismatch}; fit it again with simpool-whiten", "whitening_mismatch")
+    if d.dimensions is not None and d.dimensions > whitening.dims:
+        raise _invalid(
+            f"dimensions {d.dimensions}: the whitening of model {model!r} has {whitening.dims} components",
+            "no_whitening",
+        )
