@@ -1,4 +1,5 @@
-"""`simpool-embed`: embed every image under a folder into a resumable Parquet file.
+"""`simpool-embed`'s work (embed_cli.py checks its extra first): every image under a folder into a
+resumable Parquet file.
 
 Exit codes: 0 every image has an embedding; 1 some images failed (listed, and in the
 `error` column); 2 the run could not start or had to stop (bad arguments, unreachable
