@@ -76,6 +76,19 @@ def test_same_rows_as_local_then_resumes(
     assert sum(sizes) == 11 and max(sizes) <= 4  # --shard-rows
     fingerprint = a["coffee.webp"]["fingerprint"].encode()
     assert pq.read_schema(next(out.glob("part-*"))).metadata[b"simpool.fingerprint"] == fingerprint
+    # The actors' engines are closed, not left with pending batcher tasks.
+    assert "Task was destroyed" not in proc.stderr and "pending" not in proc.stderr, proc.stderr
+
+    # Re-run as it is: the two broken files fail again, and each file is still one row of the folder,
+    # read as one dataset (as on the single-file path), not an old error row beside a new one.
+    proc = embed_ray(src, out, model_repo)
+    assert proc.returncode == 1, proc.stderr
+    assert summary(proc.stdout) == (0, len(photos), 2)
+    assert "Task was destroyed" not in proc.stderr, proc.stderr
+    folder = pq.read_table(out).to_pylist()
+    assert len(folder) == len(a) and sorted(r["path"] for r in folder) == sorted(a)
+    assert {r["path"] for r in folder if r["error"]} == BROKEN
+    assert pq.read_schema(next(out.glob("part-*"))).metadata[b"simpool.fingerprint"] == fingerprint
 
     # Re-run after a change: one file edited, the broken ones gone; only the edited file is embedded.
     changed = next(p for p in a if p.endswith("coffee.jpg"))
