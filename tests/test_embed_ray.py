@@ -99,6 +99,7 @@ def test_same_rows_as_local_then_resumes(
     proc = embed_ray(src, out, model_repo)
     assert proc.returncode == 0, proc.stderr
     assert summary(proc.stdout) == (1, len(photos) - 1, 0)
+    assert "Task was destroyed" not in proc.stderr, proc.stderr  # seen on successful runs
     (new_shard,) = set(out.glob("part-*.parquet")) - before
     assert pq.read_table(new_shard)["path"].to_pylist() == [changed]
     latest = {r["path"]: r for r in store.read_output(out)[0].to_pylist()}
@@ -146,3 +147,29 @@ def test_sigkill_loses_nothing_reported_and_rerun_embeds_each_image_once(
     counts = collections.Counter(shard_paths(out))
     assert set(counts) == {p.name for p in src.iterdir()} and set(counts.values()) == {1}
     assert not list(out.glob(".*.tmp"))
+
+
+def test_an_actor_going_away_leaves_no_pending_batcher_task(
+    model_repo: Path, photos: dict[str, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    """What Ray does at the end of a run, in-process: the actor is dropped; its engine must be closed
+    (else asyncio reports "Task was destroyed but it is pending!" for each batcher)."""
+    import gc
+
+    import pyarrow as pa
+
+    from simpool_serve.client.ray_job import EmbedActor
+
+    actor = EmbedActor(str(model_repo / "resnet18"), None, threads=1, known={})
+    batch = pa.table(
+        {
+            "path": ["coffee.jpg"],
+            "data": [photos["coffee.jpg"].read_bytes()],
+            "read_error": pa.nulls(1, pa.string()),
+        }
+    )
+    assert actor(batch).column("error").to_pylist() == [None]
+    with caplog.at_level("ERROR", logger="asyncio"):
+        del actor
+        gc.collect()
+    assert not [r for r in caplog.records if "destroyed but it is pending" in r.getMessage()], caplog.text
