@@ -4,16 +4,23 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # onnxruntime flavour for the service: cpu (default) or gpu.
 RUNTIME ?= cpu
-EXTRAS ?= $(RUNTIME),export,ray,vectordb,dev
+# `make install` (and `make test`): every extra. `make serve`: only what serving and exporting need,
+# unless everything is already installed.
+EXTRAS ?= $(RUNTIME),export,embed,ray,vectordb,dev
+SERVE_EXTRAS ?= $(RUNTIME),export
 # torch for the export extra. PyPI's build carries CUDA: about 3.2 GB of NVIDIA libraries in .venv,
 # needed only to export on a GPU. On a CPU-only host take the CPU build from PyTorch's own index:
 #   make install TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu      (see README)
 TORCH_INDEX_URL ?=
 comma := ,
-STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))$(if $(TORCH_INDEX_URL),-torch-index)
+stamp_of = $(VENV)/.installed-$(subst $(comma),-,$(1))$(if $(TORCH_INDEX_URL),-torch-index)
+STAMP := $(call stamp_of,$(EXTRAS))
+SERVE_STAMP := $(call stamp_of,$(SERVE_EXTRAS))
 MODEL_REPOSITORY ?= model_repository
-HOST ?= 0.0.0.0
-PORT ?= 8000
+# `make serve` listens where SIMPOOL_HOST / SIMPOOL_PORT say (as simpool-serve itself does), else on
+# 0.0.0.0:8000; `make serve PORT=8080 HOST=127.0.0.1` overrides both.
+HOST := $(or $(SIMPOOL_HOST),0.0.0.0)
+PORT := $(or $(SIMPOOL_PORT),8000)
 DEFAULT_MODELS := $(MODEL_REPOSITORY)/resnet50_simpool/manifest.json $(MODEL_REPOSITORY)/vit_small_simpool/manifest.json
 
 .PHONY: install serve test lint models bench soak clean
@@ -23,29 +30,50 @@ install: $(STAMP)
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# Re-installs only when pyproject.toml changes (or the extras do).
-$(STAMP): pyproject.toml | $(BIN)/python
+# pip, with its progress shown; $(1): the extras. Re-run only when pyproject.toml changes.
+define pip_install
 	@if [ -z "$(TORCH_INDEX_URL)" ] && [ ! -e /proc/driver/nvidia ] && ! $(BIN)/python -c 'import torch' 2>/dev/null; then \
 		echo "note: no NVIDIA GPU here, but PyPI's torch brings ~3.2 GB of CUDA libraries into $(VENV)."; \
 		echo "      To avoid them: make install TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu (README)"; \
 	fi
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check \
-		$(if $(TORCH_INDEX_URL),--extra-index-url $(TORCH_INDEX_URL)) -e '.[$(EXTRAS)]'
+	@echo "installing simpool-serve with the extras [$(1)] into $(VENV) (the first time: a few minutes, torch is large)"
+	$(BIN)/python -m pip install --progress-bar on --disable-pip-version-check \
+		$(if $(TORCH_INDEX_URL),--extra-index-url $(TORCH_INDEX_URL)) -e '.[$(1)]'
+endef
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(call pip_install,$(EXTRAS))
 	rm -f $(VENV)/.installed-*
 	touch $@
 
+# Serving needs a subset: nothing to do when everything is installed and up to date.
+ifneq ($(SERVE_STAMP),$(STAMP))
+$(SERVE_STAMP): pyproject.toml | $(BIN)/python
+	@if [ -e $(STAMP) ] && [ $(STAMP) -nt pyproject.toml ]; then \
+		echo "every extra is installed already ($(STAMP))"; \
+	else \
+		$(MAKE) --no-print-directory serve-install; \
+	fi
+	touch $@
+
+.PHONY: serve-install
+serve-install: | $(BIN)/python
+	$(call pip_install,$(SERVE_EXTRAS))
+	rm -f $(VENV)/.installed-*
+endif
+
 # The default models: untrained (random weights, seed 0) until you export real checkpoints.
-$(MODEL_REPOSITORY)/resnet50_simpool/manifest.json: | $(STAMP)
+$(MODEL_REPOSITORY)/resnet50_simpool/manifest.json: | $(SERVE_STAMP)
 	$(BIN)/simpool-export --arch resnet50 --random-init --seed 0 --name resnet50_simpool \
 		--out $(MODEL_REPOSITORY)/resnet50_simpool
 
-$(MODEL_REPOSITORY)/vit_small_simpool/manifest.json: | $(STAMP)
+$(MODEL_REPOSITORY)/vit_small_simpool/manifest.json: | $(SERVE_STAMP)
 	$(BIN)/simpool-export --arch vit_small_patch16_224 --random-init --seed 0 --name vit_small_simpool \
 		--out $(MODEL_REPOSITORY)/vit_small_simpool
 
 models: $(DEFAULT_MODELS)
 
-serve: $(STAMP) $(DEFAULT_MODELS)
+serve: $(SERVE_STAMP) $(DEFAULT_MODELS)
 	SIMPOOL_DEFAULT_MODEL=$${SIMPOOL_DEFAULT_MODEL:-resnet50_simpool} \
 		$(BIN)/simpool-serve --model-dir $(MODEL_REPOSITORY) --host $(HOST) --port $(PORT)
 

@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
+from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
@@ -83,7 +84,7 @@ class HttpBackend:
             raise FatalError(str(exc)) from exc
         except (APIError, SimPoolError) as exc:
             await client.aclose()
-            raise FatalError(f"cannot list the models of {url}: {exc}") from exc
+            raise FatalError(f"cannot list the models of {url}: {exc}{_base_url_hint(url, exc)}") from exc
         chosen = [m for m in infos if (m.name == model if model else m.default)]
         if not chosen and not model and len(infos) == 1:
             chosen = infos
@@ -199,6 +200,20 @@ class LocalBackend:
 
     async def aclose(self) -> None:
         await self._engine.close()
+
+
+def _base_url_hint(url: str, exc: Exception) -> str:
+    """A 404 on /models usually means an endpoint was given where the service's base URL belongs."""
+    if not (isinstance(exc, APIError) and exc.status_code == 404):
+        return ""
+    parts = urlsplit(url)
+    path = parts.path.rstrip("/")
+    base = urlunsplit((parts.scheme, parts.netloc, "", "", ""))
+    for endpoint in ("/embed", "/classify", "/attention", "/models", "/v1/embeddings", "/ui"):
+        if path.endswith(endpoint):
+            base = urlunsplit((parts.scheme, parts.netloc, path.removesuffix(endpoint), "", ""))
+            break
+    return f"; --url takes the service's base URL (such as {base}), not an endpoint"
 
 
 def default_url() -> str:

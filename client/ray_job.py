@@ -16,6 +16,7 @@ import os
 import sys
 import time
 import uuid
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,9 @@ class EmbedActor:
         self._loop = asyncio.new_event_loop()
         self._backend = self._loop.run_until_complete(LocalBackend.open(Path(model_dir), model=model))
         self._known = known
+        # When Ray ends the actor (or it is collected), the engine's batcher tasks are stopped and the
+        # loop closed: left pending, each printed "Task was destroyed but it is pending!" at exit.
+        self._close = weakref.finalize(self, _close_backend, self._loop, self._backend)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         import hashlib
@@ -101,6 +105,17 @@ class EmbedActor:
                 rows[i] = store.Row(paths[i], shas[i], model, o.fingerprint, o.embedding, o.error)
         table = store.rows_to_table([r for r in rows if r is not None])
         return table.append_column(SKIPPED, pa.array(skipped, pa.bool_()))
+
+
+def _close_backend(loop: asyncio.AbstractEventLoop, backend: LocalBackend) -> None:
+    """Closes an actor's engine on its own loop (no reference to the actor: a weakref finalizer)."""
+    if loop.is_closed():
+        return
+    try:
+        loop.run_until_complete(backend.aclose())
+        loop.run_until_complete(loop.shutdown_asyncgens())
+    finally:
+        loop.close()
 
 
 def _read_files(batch: pa.Table, source: Source) -> pa.Table:
@@ -236,6 +251,7 @@ def run(args: argparse.Namespace) -> int:
     paths = source.list_images()
     out.mkdir(parents=True, exist_ok=True)
     _clean_stale_temps(out)
+    store.drop_superseded_rows(out)  # what an interrupted run left twice
     known = _known(out, fingerprint)
 
     started = time.monotonic()
@@ -305,6 +321,8 @@ def _run_on_ray(
                 bar.update(batch.num_rows)
                 bar.set_postfix(written=writer.written, unchanged=unchanged, refresh=False)
         writer.flush()
+    # A file embedded again (it failed before, or changed) keeps only its new row: each file once.
+    store.drop_superseded_rows(args.out)
     _report(writer, len(paths), unchanged, model, fingerprint)
     print(f"{PROG}: {clock.summary()}", file=sys.stderr)
     return 1 if writer.failures else 0

@@ -176,6 +176,42 @@ def read_shards(directory: Path) -> tuple[pa.Table, list[str]]:
     return table.filter(pa.array(first)).drop_columns(["_order"]), warnings
 
 
+def drop_superseded_rows(directory: Path) -> int:
+    """Rewrites the shards holding a row that a later shard replaces, so each path is in one row.
+
+    Readers of the folder as one dataset (pyarrow, pandas, DuckDB) then see each file once, as in
+    the single-file output. Safe to stop at any point: a row goes only once a later shard holds its
+    path, and every shard is rewritten whole (renamed into place) or removed when nothing is left.
+    Returns the number of rows dropped.
+    """
+    shards = sorted(directory.glob(SHARD_GLOB))
+    latest: dict[str, int] = {}
+    columns: list[list[str] | None] = []
+    for order, shard in enumerate(shards):
+        try:
+            paths = pq.read_table(shard, columns=["path"]).column("path").to_pylist()
+        except (OSError, KeyError, ValueError, pa.ArrowException):
+            columns.append(None)  # read_shards reports it; never touched here
+            continue
+        columns.append(paths)
+        latest.update(dict.fromkeys(paths, order))
+    dropped = 0
+    for order, (shard, paths) in enumerate(zip(shards, columns, strict=True)):
+        if paths is None:
+            continue
+        keep = [latest[p] == order for p in paths]
+        if all(keep):
+            continue
+        dropped += keep.count(False)
+        if not any(keep):
+            shard.unlink()
+            continue
+        table = pq.read_table(shard)
+        meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
+        write_atomic(table.filter(pa.array(keep)).replace_schema_metadata(None), shard, meta)
+    return dropped
+
+
 def read_output(path: Path) -> tuple[pa.Table, list[str]]:
     """What `simpool-embed` wrote at `path`: one Parquet file or a shard directory, one row per path."""
     if is_shard_dir(path):

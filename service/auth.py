@@ -22,6 +22,7 @@ async def settings_of(request: Request) -> Settings:
 
 
 async def require_key(
+    request: Request,
     settings: Annotated[Settings, Depends(settings_of)],
     creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
@@ -32,5 +33,8 @@ async def require_key(
     given = creds.credentials.encode() if creds is not None else b""
     if creds is None or not hmac.compare_digest(given, expected):
         what = "missing API key" if creds is None else "wrong API key"
+        sent = request.headers.get("authorization", "").strip()
+        if creds is None and sent and " " not in sent:  # `Authorization: <key>`, no scheme before it
+            what = "the Authorization header lacks the `Bearer` scheme"
         detail = f"{what}: send it as the header `Authorization: Bearer <key>`"
         raise unauthenticated(detail)

@@ -25,7 +25,9 @@ import numpy as np
 import skimage.data
 from PIL import Image
 
-MODELS = {"resnet18_simpool": 512, "vit_tiny_simpool": 192}  # name -> embedding dim
+# The compose file's default models, as `make models` exports them: name -> embedding dim.
+MODELS = {"resnet50_simpool": 2048, "vit_small_simpool": 384}
+LB, PROMETHEUS = "http://127.0.0.1:8000", "http://127.0.0.1:9090"  # the stack's default ports
 # One nginx access log line (deploy/nginx/simpool.conf's `simpool` format).
 LB_LINE = re.compile(
     r'"(?P<request>[^"]*)" (?P<status>\d+) .*upstream=(?P<addrs>.*?) upstream_status=(?P<codes>.*?) '
@@ -109,7 +111,7 @@ def check_api(lb: httpx.Client) -> dict[str, int]:
     listed = lb.get("/models").raise_for_status().json()["models"]
     assert {m["name"] for m in listed} == set(MODELS), listed
     default = next(m["name"] for m in listed if m["default"])
-    assert default == "resnet18_simpool", default
+    assert default == "resnet50_simpool", default
 
     photos = list(PHOTOS.values())
     for model, dim in MODELS.items():
@@ -259,21 +261,21 @@ def check_sigterm(base_url: str, replicas: list[Container], lb_container: Contai
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--lb", required=True, help="nginx's published URL")
-    p.add_argument("--prometheus", required=True, help="Prometheus's published URL")
     p.add_argument("--project", required=True, help="compose project name")
-    p.add_argument("--replicas", required=True, help="compose service of the simpool-serve replicas")
+    p.add_argument("--replicas", type=int, required=True, help="simpool replicas the stack should have")
+    p.add_argument("--sigterm", action="store_true", help="then SIGTERM one replica under load (needs 2)")
     args = p.parse_args()
 
     wait_healthy(args.project, timeout=300)
-    replicas = containers(args.project, args.replicas)
+    replicas = containers(args.project, "simpool")
     (lb_container,) = containers(args.project, "lb")
-    assert len(replicas) == 2, [c.name for c in replicas]
-    with httpx.Client(base_url=args.lb, timeout=120) as lb:
+    assert len(replicas) == args.replicas, [c.name for c in replicas]
+    with httpx.Client(base_url=LB, timeout=120) as lb:
         sent = check_api(lb)
-    with httpx.Client(base_url=args.prometheus, timeout=30) as prom:
+    with httpx.Client(base_url=PROMETHEUS, timeout=30) as prom:
         check_prometheus(prom, replicas, sent)
-    check_sigterm(args.lb, replicas, lb_container)
+    if args.sigterm:
+        check_sigterm(LB, replicas, lb_container)
     return 0
 
 

@@ -11,11 +11,15 @@ echo "  $image: $((size / 1000000)) MB ($((base_size / 1000000)) MB of it the ba
 podman run --rm --network none --entrypoint python "$image" -c '
 import importlib.util, os, shutil, sys
 assert os.getuid() != 0, "root"
-found = [m for m in ("torch", "timm", "onnx") if importlib.util.find_spec(m)]
-assert not found, f"export-only packages in the runtime image: {found}"
+found = [m for m in ("torch", "timm", "onnx", "pyarrow") if importlib.util.find_spec(m)]
+assert not found, f"export or simpool-embed packages in the runtime image: {found}"
 compilers = [c for c in ("cc", "gcc", "g++", "c++", "clang", "tcc", "nvcc") if shutil.which(c)]
 assert not compilers, f"compilers in the runtime image: {compilers}"
-import onnxruntime, simpool_serve.service
+import onnxruntime, simpool_serve.service, sysconfig
 models = sorted(os.listdir(os.environ["SIMPOOL_MODEL_DIR"]))
-print(f"  uid {os.getuid()}, no torch/timm/onnx, no compiler; onnxruntime {onnxruntime.__version__}; models {models}")
+def du(top):
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(top) for f in fs) // 1000000
+site, model_mb = sysconfig.get_paths()["purelib"], du(os.environ["SIMPOOL_MODEL_DIR"])
+print(f"  uid {os.getuid()}, no torch/timm/onnx/pyarrow, no compiler; onnxruntime {onnxruntime.__version__}")
+print(f"  Python packages {du(site)} MB ({site}); models {model_mb} MB: {models}")
 '

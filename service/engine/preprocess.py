@@ -78,6 +78,8 @@ def own_pixel_limit() -> None:
 
 def open_image(data: bytes, max_pixels: int) -> Image.Image:
     """Identifies the image from its header and checks its size; no pixel is decoded yet."""
+    if not data:
+        raise ImageError("the file is empty (0 bytes)")
     try:
         img = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
     except Image.DecompressionBombError as exc:

@@ -31,6 +31,8 @@ from tests.helpers import free_port, running_process
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "Dockerfile"
 COMPOSE = REPO / "docker-compose.yml"
+COMPOSE_GPU = REPO / "docker-compose.gpu.yml"
+COMPOSE_MODELS = REPO / "docker-compose.models.yml"
 PROMETHEUS_YML = REPO / "deploy" / "prometheus" / "prometheus.yml"
 ALERTS_YML = REPO / "deploy" / "prometheus" / "alerts.yml"
 DASHBOARD = REPO / "deploy" / "grafana" / "dashboards" / "simpool.json"
@@ -337,8 +339,19 @@ def extras_installed(stage: Stage) -> list[str]:
 @pytest.mark.parametrize(
     ("stage", "extras", "wanted", "banned"),
     [
-        ("runtime-cpu", ["cpu"], {"onnxruntime"}, {"torch", "timm", "torchvision", "onnxruntime-gpu"}),
-        ("runtime-gpu", ["gpu"], {"onnxruntime-gpu"}, {"torch", "timm", "torchvision", "onnxruntime"}),
+        # pyarrow (about 170 MB) and tqdm serve simpool-embed only: not in the service's images.
+        (
+            "runtime-cpu",
+            ["cpu"],
+            {"onnxruntime"},
+            {"torch", "timm", "torchvision", "onnxruntime-gpu", "pyarrow", "tqdm"},
+        ),
+        (
+            "runtime-gpu",
+            ["gpu"],
+            {"onnxruntime-gpu"},
+            {"torch", "timm", "torchvision", "onnxruntime", "pyarrow", "tqdm"},
+        ),
         ("export", ["export", "cpu"], {"torch", "timm", "onnx", "onnxruntime"}, set()),
     ],
 )
@@ -387,7 +400,7 @@ def test_healthcheck_probes_readyz_with_the_standard_library(
     _, stages = dockerfile
     # Compose takes the image's probe (a second copy there could drift, and Podman's Docker API splits
     # a compose exec-form test at its spaces).
-    assert "healthcheck" not in load_yaml(COMPOSE)["x-simpool"]
+    assert "healthcheck" not in load_yaml(COMPOSE)["services"]["simpool"]
     probes = [stages[n].all("HEALTHCHECK")[0].exec_form() for n in RUNTIME_STAGES]
     for argv in probes:
         assert argv and argv[:2] == ["python", "-c"], argv
@@ -506,24 +519,70 @@ def validators() -> list[list[str]]:
     return found
 
 
-def compose_config(cmd: list[str], file: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SIMPOOL_", "COMPOSE_"))}
-    args = ["--project-directory", str(file.parent), "-f", str(file), "--profile", "gpu", "--profile", "cpu"]
-    return subprocess.run([*cmd, *args, "config", "-q"], capture_output=True, text=True, timeout=60, env=env)
+def compose_config(cmd: list[str], *files: Path) -> subprocess.CompletedProcess[str]:
+    """`config` of the files as a user's plain command sees them: no SIMPOOL_/COMPOSE_/GRAFANA_ variable."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SIMPOOL_", "COMPOSE_", "GRAFANA_"))}
+    args = ["--project-directory", str(files[0].parent)]
+    for f in files:
+        args += ["-f", str(f)]
+    return subprocess.run([*cmd, *args, "config"], capture_output=True, text=True, timeout=60, env=env)
 
 
 def test_compose_file_validates(validators: list[list[str]], tmp_path: Path) -> None:
     for cmd in validators:
-        proc = compose_config(cmd, COMPOSE)
-        assert proc.returncode == 0, f"{cmd}: {proc.stdout}{proc.stderr}"
-        # The validator checks the schema for real: a misspelt key and a malformed GPU request are refused.
-        for bad in (
-            COMPOSE.read_text().replace("  healthcheck:", "  helthcheck:", 1),
-            COMPOSE.read_text().replace("count: 1", "count: [1]"),
+        for files in (
+            (COMPOSE,),
+            (COMPOSE, COMPOSE_GPU),
+            (COMPOSE, COMPOSE_MODELS),
+            (COMPOSE, COMPOSE_GPU, COMPOSE_MODELS),
         ):
-            broken = tmp_path / "docker-compose.yml"
-            broken.write_text(bad)
-            assert compose_config(cmd, broken).returncode != 0, f"{cmd} accepted a broken compose file"
+            proc = compose_config(cmd, *files)
+            assert proc.returncode == 0, f"{cmd} {[f.name for f in files]}: {proc.stdout}{proc.stderr}"
+        # The validator checks the schema for real: a misspelt key and a malformed GPU request are refused.
+        broken = tmp_path / "docker-compose.yml"
+        broken.write_text(COMPOSE.read_text().replace("  healthcheck:", "  helthcheck:", 1))
+        assert compose_config(cmd, broken).returncode != 0, f"{cmd} accepted a misspelt key"
+        shutil.copytree(REPO / "deploy", tmp_path / "deploy", dirs_exist_ok=True)
+        broken.write_text(COMPOSE.read_text())
+        broken_gpu = tmp_path / "docker-compose.gpu.yml"
+        broken_gpu.write_text(COMPOSE_GPU.read_text().replace("count: 1", "count: [1]"))
+        assert compose_config(cmd, broken, broken_gpu).returncode != 0, f"{cmd} accepted a bad GPU request"
+
+
+def test_plain_up_serves_the_api_on_the_cpu(validators: list[list[str]]) -> None:
+    """No profile, flag or variable: every service starts, the API's on the CPU behind the lb."""
+    for cmd in validators:
+        proc = compose_config(cmd, COMPOSE)
+        assert proc.returncode == 0, proc.stderr
+        resolved = yaml.safe_load(proc.stdout)
+        services = resolved["services"]
+        assert set(services) == {"simpool", "lb", "prometheus", "grafana"}
+        assert not any("profiles" in svc for svc in services.values()), "a profile hides a service"
+        api = services["simpool"]
+        assert api["build"]["target"] == "runtime-cpu" and "deploy" not in api
+        assert api["image"] == "simpool-serve:latest-cpu"
+        # The image's own models: nothing mounted over /models, no volume kept from an older image.
+        assert not api.get("volumes"), api.get("volumes")
+        assert set(resolved.get("volumes", {})) == {"prometheus-data", "grafana-data"}
+
+
+def test_the_gpu_switch_and_the_models_folder(validators: list[list[str]]) -> None:
+    for cmd in validators:
+        gpu = yaml.safe_load(compose_config(cmd, COMPOSE, COMPOSE_GPU).stdout)["services"]["simpool"]
+        assert gpu["build"]["target"] == "runtime-gpu" and gpu["image"] == "simpool-serve:latest-gpu"
+        (device,) = gpu["deploy"]["resources"]["reservations"]["devices"]
+        assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
+        assert set(gpu["environment"]) >= {"SIMPOOL_DEFAULT_MODEL", "SIMPOOL_MAX_BATCH_SIZE"}
+        both = yaml.safe_load(compose_config(cmd, COMPOSE, COMPOSE_GPU, COMPOSE_MODELS).stdout)
+        (volume,) = both["services"]["simpool"]["volumes"]
+        # v1 prints "SRC:DST:ro", v2 the long form.
+        if isinstance(volume, str):
+            src, dst, mode = volume.rsplit(":", 2)
+            assert (src, dst, mode) == (str(REPO / "model_repository"), "/models", "ro"), volume
+        else:
+            assert volume["type"] == "bind" and volume["source"] == str(REPO / "model_repository")
+            assert volume["target"] == "/models" and volume["read_only"], volume
+        assert both["services"]["simpool"]["build"]["target"] == "runtime-gpu"
 
 
 @pytest.fixture(scope="module")
@@ -531,22 +590,72 @@ def compose() -> dict:
     return load_yaml(COMPOSE)
 
 
-def test_compose_gpu_and_cpu_variants(compose: dict) -> None:
-    _, stages = parse_dockerfile()
-    names = {s.name for s in stages}
-    gpu, cpu = compose["services"]["simpool"], compose["services"]["simpool-cpu"]
-    assert gpu["profiles"] == ["gpu"] and cpu["profiles"] == ["cpu"]
-    assert gpu["build"]["target"] == "runtime-gpu" and cpu["build"]["target"] == "runtime-cpu"
-    assert {gpu["build"]["target"], cpu["build"]["target"]} <= names
-    (device,) = gpu["deploy"]["resources"]["reservations"]["devices"]
-    assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
-    assert "deploy" not in cpu, "the CPU variant must not ask for a GPU"
-    for svc in (gpu, cpu):
-        assert "simpool" in svc["networks"]["default"]["aliases"]
-        assert svc["expose"] == ["8000"] and "ports" not in svc, "replicas are reached through the lb"
-        assert svc["volumes"][0].endswith(":/models")
-        assert svc["volumes"][0].split(":-")[1].split("}")[0] in compose["volumes"]
-    assert any("SIMPOOL_MODEL_DIR=/models" in i.args for s in stages for i in s.all("ENV"))
+def published(spec: str) -> tuple[str, str, str]:
+    """(host address, host port, container port) of a short-syntax port, defaults filled in."""
+    text = re.sub(r"\$\{\w+:-([^}]*)\}", lambda m: m[1], spec)
+    host, _, container = text.rpartition(":")
+    addr, _, port = host.rpartition(":")
+    return addr, port, container
+
+
+def test_only_the_api_is_published_on_every_interface(compose: dict) -> None:
+    services = compose["services"]
+    assert [published(p) for p in services["lb"]["ports"]] == [("", "8000", "8000")]
+    assert [published(p) for p in services["prometheus"]["ports"]] == [("127.0.0.1", "9090", "9090")]
+    assert [published(p) for p in services["grafana"]["ports"]] == [("127.0.0.1", "3000", "3000")]
+    # One variable opens each: it replaces the whole host part, address included.
+    assert services["prometheus"]["ports"] == ["${PROMETHEUS_PORT:-127.0.0.1:9090}:9090"]
+    assert services["grafana"]["ports"] == ["${GRAFANA_PORT:-127.0.0.1:3000}:3000"]
+    for name, svc in services.items():
+        assert name == "lb" or "ports" not in svc or all(published(p)[0] == "127.0.0.1" for p in svc["ports"])
+
+
+def test_compose_builds_from_the_dockerfiles_pinned_python(compose: dict) -> None:
+    global_args, _ = parse_dockerfile()
+    arg = compose["services"]["simpool"]["build"]["args"]["PYTHON_IMAGE"]
+    assert arg == "${SIMPOOL_PYTHON_IMAGE:-" + global_args["PYTHON_IMAGE"] + "}"
+
+
+GRAFANA_FIRST_START = REPO / "deploy" / "grafana" / "first-start.sh"
+
+
+def _first_start(data: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    show = [sys.executable, "-c", "import os; print('GOT', os.environ['GF_SECURITY_ADMIN_PASSWORD'])"]
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("GF_", "GRAFANA_"))}
+    return subprocess.run(
+        ["sh", str(GRAFANA_FIRST_START), *show], env={**clean, "GF_PATHS_DATA": str(data), **env},
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+
+
+def test_grafana_never_starts_with_admin_admin(compose: dict, tmp_path: Path) -> None:
+    graf = compose["services"]["grafana"]
+    env = graf["environment"]
+    assert "GF_SECURITY_ADMIN_PASSWORD" not in env, "the script sets it"
+    assert env["GRAFANA_ADMIN_PASSWORD"] == "${GRAFANA_ADMIN_PASSWORD:-}"
+    script_at = mounts(graf)
+    assert graf["entrypoint"][:2] == [
+        "/bin/sh",
+        next(k for k, v in script_at.items() if v.endswith("first-start.sh")),
+    ]
+    assert graf["entrypoint"][2:] == ["/run.sh"], "then the image's own entry point"
+    # First start: a random password, kept for the user's eyes only and logged.
+    first = _first_start(tmp_path)
+    assert first.returncode == 0, first.stderr
+    kept = (tmp_path / "admin-password").read_text().strip()
+    assert len(kept) >= 32 and kept != "admin" and f"GOT {kept}" in first.stdout
+    assert f"admin / {kept}" in first.stdout and "admin-password" in first.stdout
+    assert (tmp_path / "admin-password").stat().st_mode & 0o077 == 0
+    # Later starts keep it (Grafana's database already holds it); another data folder gets another.
+    assert f"GOT {kept}" in _first_start(tmp_path).stdout
+    other = tmp_path / "other"
+    other.mkdir()
+    assert f"GOT {kept}" not in _first_start(other).stdout
+    # The user's own password wins and is not logged; "admin" is refused.
+    own = _first_start(tmp_path, GRAFANA_ADMIN_PASSWORD="s3cret-enough")
+    assert "GOT s3cret-enough" in own.stdout and own.stdout.count("s3cret-enough") == 1
+    refused = _first_start(other, GRAFANA_ADMIN_PASSWORD="admin")
+    assert refused.returncode == 2 and "GOT" not in refused.stdout and "refusing" in refused.stderr
 
 
 def test_compose_environment_names_real_settings(compose: dict) -> None:
@@ -554,7 +663,7 @@ def test_compose_environment_names_real_settings(compose: dict) -> None:
     from simpool_serve.service.settings import Settings
 
     fields = set(Settings.model_fields)
-    env = compose["x-simpool"]["environment"]
+    env = compose["services"]["simpool"]["environment"]
     assert {"SIMPOOL_DEFAULT_MODEL", "SIMPOOL_MAX_BATCH_SIZE", "SIMPOOL_API_KEY"} <= set(env)
     for name in env:
         assert name.startswith("SIMPOOL_") and name.removeprefix("SIMPOOL_").lower() in fields, name

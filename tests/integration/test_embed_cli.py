@@ -262,3 +262,30 @@ def test_local_refuses_a_graph_its_manifest_does_not_name(
     out = tmp_path / "o.parquet"
     assert main([str(src), "--out", str(out), "--local", str(swapped), "--no-progress"]) == 2
     assert "is not the graph manifest.json describes" in capsys.readouterr().err and not out.exists()
+
+
+def test_an_endpoint_given_as_url_gets_the_base_url_to_use(
+    server: Server, photos: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src, out = make_source(photos, tmp_path / "src", broken=False), tmp_path / "o.parquet"
+    assert main([str(src), "--out", str(out), "--url", f"{server.url}/embed", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot list the models of {server.url}/embed" in err and "404" in err
+    assert f"--url takes the service's base URL (such as {server.url}), not an endpoint" in err
+    assert not out.exists()
+
+
+def test_without_the_embed_extra_it_says_which_to_install(tmp_path: Path) -> None:
+    """pyarrow and tqdm come with the `embed` extra: without them, one line says so (no traceback)."""
+    # A None entry in sys.modules is how Python marks a module as not importable.
+    code = (
+        "import sys; sys.modules.update(pyarrow=None, tqdm=None)\n"
+        "from simpool_serve.client.embed_cli import main\n"
+        f"sys.exit(main([{str(tmp_path)!r}, '--out', {str(tmp_path / 'o.parquet')!r}]))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == (
+        "simpool-embed: error: pyarrow and tqdm missing: simpool-embed needs the `embed` extra: "
+        "pip install 'simpool-serve[embed]' (in a clone: make install)"
+    )

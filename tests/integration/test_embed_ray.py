@@ -76,6 +76,19 @@ def test_same_rows_as_local_then_resumes(
     assert sum(sizes) == 11 and max(sizes) <= 4  # --shard-rows
     fingerprint = a["coffee.webp"]["fingerprint"].encode()
     assert pq.read_schema(next(out.glob("part-*"))).metadata[b"simpool.fingerprint"] == fingerprint
+    # The actors' engines are closed, not left with pending batcher tasks.
+    assert "Task was destroyed" not in proc.stderr and "pending" not in proc.stderr, proc.stderr
+
+    # Re-run as it is: the two broken files fail again, and each file is still one row of the folder,
+    # read as one dataset (as on the single-file path), not an old error row beside a new one.
+    proc = embed_ray(src, out, model_repo)
+    assert proc.returncode == 1, proc.stderr
+    assert summary(proc.stdout) == (0, len(photos), 2)
+    assert "Task was destroyed" not in proc.stderr, proc.stderr
+    folder = pq.read_table(out).to_pylist()
+    assert len(folder) == len(a) and sorted(r["path"] for r in folder) == sorted(a)
+    assert {r["path"] for r in folder if r["error"]} == BROKEN
+    assert pq.read_schema(next(out.glob("part-*"))).metadata[b"simpool.fingerprint"] == fingerprint
 
     # Re-run after a change: one file edited, the broken ones gone; only the edited file is embedded.
     changed = next(p for p in a if p.endswith("coffee.jpg"))
@@ -86,6 +99,7 @@ def test_same_rows_as_local_then_resumes(
     proc = embed_ray(src, out, model_repo)
     assert proc.returncode == 0, proc.stderr
     assert summary(proc.stdout) == (1, len(photos) - 1, 0)
+    assert "Task was destroyed" not in proc.stderr, proc.stderr  # seen on successful runs
     (new_shard,) = set(out.glob("part-*.parquet")) - before
     assert pq.read_table(new_shard)["path"].to_pylist() == [changed]
     latest = {r["path"]: r for r in store.read_output(out)[0].to_pylist()}
@@ -133,3 +147,29 @@ def test_sigkill_loses_nothing_reported_and_rerun_embeds_each_image_once(
     counts = collections.Counter(shard_paths(out))
     assert set(counts) == {p.name for p in src.iterdir()} and set(counts.values()) == {1}
     assert not list(out.glob(".*.tmp"))
+
+
+def test_an_actor_going_away_leaves_no_pending_batcher_task(
+    model_repo: Path, photos: dict[str, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    """What Ray does at the end of a run, in-process: the actor is dropped; its engine must be closed
+    (else asyncio reports "Task was destroyed but it is pending!" for each batcher)."""
+    import gc
+
+    import pyarrow as pa
+
+    from simpool_serve.client.ray_job import EmbedActor
+
+    actor = EmbedActor(str(model_repo / "resnet18"), None, threads=1, known={})
+    batch = pa.table(
+        {
+            "path": ["coffee.jpg"],
+            "data": [photos["coffee.jpg"].read_bytes()],
+            "read_error": pa.nulls(1, pa.string()),
+        }
+    )
+    assert actor(batch).column("error").to_pylist() == [None]
+    with caplog.at_level("ERROR", logger="asyncio"):
+        del actor
+        gc.collect()
+    assert not [r for r in caplog.records if "destroyed but it is pending" in r.getMessage()], caplog.text

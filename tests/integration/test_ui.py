@@ -315,3 +315,54 @@ def test_explorer_errors_in_a_browser(
     errors = [text for kind, text in console if kind == "error"]
     assert all(re.search(r"status of (401|413)", t) for t in errors), errors
     context.close()
+
+
+def test_explorer_says_untrained_shows_a_panorama_and_this_runs_request(
+    keyed_server: Server, browser: Any, photos: dict[str, Path], tmp_path: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=TIMEOUT_MS)
+    context = browser.new_context(viewport={"width": 1000, "height": 800})
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(f"{keyed_server.url}/ui")
+    key = page.get_by_label("API key")
+    key.fill(KEY)
+    key.press("Enter")
+    model = page.get_by_label("Model", exact=True)
+    expect(model).to_be_enabled()
+    model.select_option("resnet18")
+
+    # The test models are exported with --random-init: /models says `weights: random`, the page says
+    # so plainly, with the command that exports a trained one.
+    note = page.get_by_role("note")
+    expect(note).to_be_visible()
+    expect(note).to_contain_text("resnet18 is untrained (random weights)")
+    expect(note).to_contain_text("simpool-export --arch resnet18 --checkpoint PATH_OR_URL --name resnet18")
+
+    # A 10000×10 panorama: its card shows the picture, not a line a fraction of a pixel high.
+    ramp = np.tile(np.linspace(0, 255, 10000, dtype=np.uint8)[None, :, None], (10, 1, 3))
+    panorama = tmp_path / "panorama.png"
+    Image.fromarray(ramp).save(panorama)
+    picker = page.get_by_label("Choose images")
+    picker.set_input_files([str(panorama)])
+    wait_done(page, 1)
+    (card,) = card_facts(page)
+    assert card["natural"] == [10000, 10], card["text"]
+    height = card["img"][3] - card["img"][1]
+    assert height >= 40, f"the panorama is drawn {height:.2f} px high"
+    page.get_by_label("Attention overlay opacity").fill("0")
+    shot = view_shot(page, 0)
+    assert shot.shape[0] >= 40 and shot[:, -20:].mean() > 150 and shot[:, :20].mean() < 60  # the ramp
+
+    # "Show the request": the calls of the current run only, not every earlier one.
+    page.get_by_label("Show the request").check()
+    shown = page.locator("#requests-text")
+    expect(shown).to_contain_text("images=@panorama.png")
+    picker.set_input_files([str(photos["coffee.jpg"])])
+    wait_done(page, 1)
+    expect(shown).to_contain_text("images=@coffee.jpg")
+    text = shown.inner_text()
+    assert "panorama.png" not in text and text.count("curl -s") == 2, text  # /attention and /classify
+    context.close()

@@ -10,7 +10,7 @@ const COLOURS = [[0, 0, 160], [0, 200, 255], [255, 230, 0], [220, 0, 0]];
 
 const $ = (id) => document.getElementById(id);
 const ui = {
-  model: $("model"), modelInfo: $("model-info"), files: $("files"), drop: $("drop"),
+  model: $("model"), modelInfo: $("model-info"), untrained: $("untrained"), files: $("files"), drop: $("drop"),
   opacity: $("opacity"), opacityValue: $("opacity-value"), showRequest: $("show-request"),
   keyForm: $("key-form"), key: $("api-key"), status: $("status"), alert: $("alert"),
   requests: $("requests"), requestsText: $("requests-text"), results: $("results"),
@@ -21,7 +21,7 @@ let models = [];
 let currentFiles = [];
 let runId = 0; // a newer run makes an older one's late answers irrelevant
 let afterKey = null; // what to retry once the user gives a key
-const shownRequests = [];
+const shownRequests = []; // the current run's calls only
 
 class ApiError extends Error {
   constructor(status, detail, retryAfter) {
@@ -53,9 +53,13 @@ function curlFor(path, form) {
   return parts.join(" ");
 }
 
+function showRequests() {
+  ui.requestsText.textContent = shownRequests.join("\n\n");
+}
+
 function recordRequest(path, form) {
   shownRequests.push(curlFor(path, form));
-  ui.requestsText.textContent = shownRequests.slice(-8).join("\n\n");
+  showRequests();
 }
 
 async function api(path, form) {
@@ -158,6 +162,22 @@ function describeModel() {
   const classes = m.num_classes > 0 ? `${m.num_classes} classes` : "no classifier";
   ui.modelInfo.textContent = `${m.arch}, ${m.input_size}×${m.input_size} input, ${m.grid[0]}×${m.grid[1]} ` +
     `attention grid, ${m.embedding_dim}-d embedding, ${classes}.`;
+  describeWeights(m);
+}
+
+// An exported model with random weights answers, but its classes, boxes and similarities mean nothing:
+// say so where the model is chosen, with the command that exports a trained one.
+function describeWeights(m) {
+  const untrained = String(m.weights || "").toLowerCase() === "random";
+  ui.untrained.hidden = !untrained;
+  if (!untrained) return;
+  const command = `simpool-export --arch ${m.arch} --checkpoint PATH_OR_URL --name ${m.name} --out model_repository/${m.name}`;
+  ui.untrained.replaceChildren(
+    element("strong", "", `${m.name} is untrained (random weights).`),
+    document.createTextNode(" Its classes, attention and similarities are noise, not what SimPool sees. " +
+      "Export a trained checkpoint, then restart the server:"),
+    element("code", "", command),
+  );
 }
 
 async function loadModels() {
@@ -361,6 +381,7 @@ async function analyse() {
   const files = currentFiles;
   if (!model || !files.length) return;
   const id = ++runId;
+  shownRequests.length = 0; // "Show the request" shows this run's calls
   showAlert("");
   ui.similarity.hidden = true;
   const cards = files.map(makeCard);
