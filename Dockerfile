@@ -83,7 +83,7 @@ ENV SIMPOOL_MODEL_DIR=/models SIMPOOL_HOST=0.0.0.0 SIMPOOL_PORT=8000 \
     SIMPOOL_PROVIDERS=CPUExecutionProvider
 # Numeric, so that Kubernetes' runAsNonRoot can check it.
 USER 10001:10001
-EXPOSE 8000
+EXPOSE 8000 8001
 # /readyz answers 200 once every model is loaded and warmed; urllib raises on 503.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/readyz' % os.environ.get('SIMPOOL_PORT', '8000'), timeout=4)"]
@@ -114,7 +114,7 @@ ENV SIMPOOL_MODEL_DIR=/models SIMPOOL_HOST=0.0.0.0 SIMPOOL_PORT=8000 \
     NVIDIA_VISIBLE_DEVICES=all NVIDIA_DRIVER_CAPABILITIES=compute,utility
 # Numeric, so that Kubernetes' runAsNonRoot can check it.
 USER 10001:10001
-EXPOSE 8000
+EXPOSE 8000 8001
 HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/readyz' % os.environ.get('SIMPOOL_PORT', '8000'), timeout=4)"]
 ENTRYPOINT ["simpool-serve"]

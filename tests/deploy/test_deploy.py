@@ -600,7 +600,7 @@ def published(spec: str) -> tuple[str, str, str]:
 
 def test_only_the_api_is_published_on_every_interface(compose: dict) -> None:
     services = compose["services"]
-    assert [published(p) for p in services["lb"]["ports"]] == [("", "8000", "8000")]
+    assert [published(p) for p in services["lb"]["ports"]] == [("", "8000", "8000"), ("", "8001", "8001")]
     assert [published(p) for p in services["prometheus"]["ports"]] == [("127.0.0.1", "9090", "9090")]
     assert [published(p) for p in services["grafana"]["ports"]] == [("127.0.0.1", "3000", "3000")]
     # One variable opens each: it replaces the whole host part, address included.
@@ -686,7 +686,7 @@ def mounts(service: dict) -> dict[str, str]:
 
 def test_compose_load_balancer_wiring(compose: dict) -> None:
     lb = compose["services"]["lb"]
-    assert lb["ports"] == ["${SIMPOOL_PORT:-8000}:8000"]
+    assert lb["ports"] == ["${SIMPOOL_PORT:-8000}:8000", "${SIMPOOL_GRPC_PORT:-8001}:8001"]
     # A template: the nginx image's entry point fills in the resolver that the mounted script finds,
     # Docker's embedded DNS (127.0.0.11) under Docker, the network's gateway under Podman.
     assert mounts(lb) == {
@@ -697,6 +697,7 @@ def test_compose_load_balancer_wiring(compose: dict) -> None:
     conf = (REPO / "deploy" / "nginx" / "simpool.conf").read_text()
     assert re.search(r"^\s*listen 8000;", conf, re.M)
     assert "http://simpool:8000;" in conf  # the replicas' network alias and port
+    assert re.search(r"^\s*listen 8001 http2;", conf, re.M) and "grpc://simpool:8001;" in conf  # gRPC
     assert re.search(r"^resolver \$\{NGINX_RESOLVER\} ", conf, re.M)
     # Nothing else looks like a template variable (the entry point would replace a defined one).
     assert set(re.findall(r"\$\{(\w+)\}", conf)) == {"NGINX_RESOLVER"}

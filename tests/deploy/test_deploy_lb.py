@@ -95,12 +95,14 @@ class TinyDNS:
 
 def loopback_conf(dns_port: int, lb_port: int, replica_port: int) -> str:
     """The repo's nginx template with the resolver filled in (as the nginx image's entry point does) and
-    only the two ports rewritten."""
+    only the ports rewritten."""
     conf = NGINX_CONF.read_text()
     rewrites = [
         (r"^resolver \$\{NGINX_RESOLVER\} ", f"resolver 127.0.0.1:{dns_port} "),
         (r"^(\s*)listen 8000;", rf"\g<1>listen 127.0.0.1:{lb_port};"),
         (r"http://simpool:8000;", f"http://simpool:{replica_port};"),
+        # The gRPC server block listens on loopback too, on a port of its own (not exercised here).
+        (r"^(\s*)listen 8001 http2;", rf"\g<1>listen 127.0.0.1:{free_port()} http2;"),
     ]
     for pattern, repl in rewrites:
         conf, n = re.subn(pattern, repl, conf, flags=re.M)
