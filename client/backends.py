@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
@@ -21,6 +22,7 @@ from simpool_serve.spec import EMBEDDING
 
 if TYPE_CHECKING:
     from simpool_serve.service.engine import Engine
+    from simpool_serve.service.engine.descriptor import Descriptor
 
 
 class FatalError(Exception):
@@ -43,6 +45,12 @@ class Backend(Protocol):
     async def aclose(self) -> None: ...
 
 
+def _probe_image() -> np.ndarray:
+    """A 256×256 colour ramp: large enough for any scale the service takes (1/8 still leaves 32 px)."""
+    ramp = np.linspace(0, 255, 256, dtype=np.uint8)
+    return np.stack(np.broadcast_arrays(ramp[None, :], ramp[:, None], ramp[::-1, None]), axis=-1)
+
+
 def l2_normalize(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, np.float32)
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), np.float32(1e-12))
@@ -51,8 +59,11 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
 class HttpBackend:
     """Sends batches to simpool-serve; `concurrency` requests in flight at most."""
 
-    def __init__(self, client: AsyncSimPoolClient, model: str, fingerprint: str) -> None:
+    def __init__(
+        self, client: AsyncSimPoolClient, model: str, fingerprint: str, descriptor: Mapping[str, Any]
+    ) -> None:
         self._client = client
+        self._descriptor = dict(descriptor)
         self.model = model
         self.fingerprint = fingerprint
 
@@ -67,6 +78,7 @@ class HttpBackend:
         timeout: float,
         connect_timeout: float,
         retry_timeout: float,
+        descriptor: Mapping[str, Any] | None = None,
     ) -> HttpBackend:
         client = AsyncSimPoolClient(
             url,
@@ -92,11 +104,20 @@ class HttpBackend:
             await client.aclose()
             names = ", ".join(m.name for m in infos) or "none"
             raise FatalError(f"{url} serves no model {model or '(default)'!s}; it serves: {names}")
-        return cls(client, chosen[0].name, chosen[0].fingerprint)
+        fields = dict(descriptor or {})
+        fingerprint = chosen[0].fingerprint
+        if fields:  # a descriptor's fingerprint is the service's to say: ask it with one small image
+            try:
+                probe = await client.embed([_probe_image()], model=chosen[0].name, **fields)
+            except (APIError, SimPoolError) as exc:
+                await client.aclose()
+                raise FatalError(f"{url} refuses the descriptor {fields}: {exc}") from exc
+            fingerprint = probe.fingerprint
+        return cls(client, chosen[0].name, fingerprint, fields)
 
     async def embed(self, images: list[bytes]) -> list[Outcome]:
         try:
-            result = await self._client.embed(images, model=self.model, on_error="skip")
+            result = await self._client.embed(images, model=self.model, on_error="skip", **self._descriptor)
         except APIError as exc:
             if exc.status_code in (401, 403, 404):
                 raise FatalError(str(exc)) from exc
@@ -147,15 +168,23 @@ class LocalBackend:
     so the same environment gives the same embeddings here as from a server.
     """
 
-    def __init__(self, engine: Engine, model: str) -> None:
+    def __init__(self, engine: Engine, model: str, descriptor: Descriptor) -> None:
         self._engine = engine
         self._model = engine.model(engine.default)
+        self._descriptor = descriptor
         self.model = model
-        self.fingerprint = self._model.fingerprint
+        # Of the descriptor asked for: the graph's own for the default crop view.
+        self.fingerprint = engine.resolve(self._model, descriptor).fingerprint
 
     @classmethod
-    async def open(cls, model_dir: Path, *, model: str | None) -> LocalBackend:
-        from simpool_serve.service.engine import Engine, EngineConfig, ModelFolder
+    async def open(
+        cls, model_dir: Path, *, model: str | None, descriptor: Mapping[str, Any] | None = None
+    ) -> LocalBackend:
+        """`descriptor`: the retrieval descriptor's fields (view, size, scales, whiten, dimensions)."""
+        from pydantic import ValidationError
+
+        from simpool_serve.service.engine import Engine, EngineConfig, EngineError, ModelFolder
+        from simpool_serve.service.engine.descriptor import Descriptor
         from simpool_serve.service.metrics import Metrics
         from simpool_serve.spec import ManifestError
 
@@ -173,7 +202,11 @@ class LocalBackend:
         except (ValueError, RuntimeError) as exc:  # not the manifest's graph, or not the shapes it describes
             await engine.close()
             raise FatalError(str(exc)) from exc
-        return cls(engine, folder.manifest.name)
+        try:
+            return cls(engine, folder.manifest.name, Descriptor.from_parameters(descriptor or {}))
+        except (ValidationError, EngineError) as exc:  # a descriptor this model cannot give
+            await engine.close()
+            raise FatalError(exc.detail if isinstance(exc, EngineError) else str(exc)) from exc
 
     async def embed(self, images: list[bytes]) -> list[Outcome]:
         # One engine call takes at most a request's worth of images, as one HTTP request would.
@@ -186,7 +219,7 @@ class LocalBackend:
         from simpool_serve.service.engine import Call, EngineError
 
         try:
-            call = Call(images=list(images), on_error="skip")
+            call = Call(images=list(images), on_error="skip", descriptor=self._descriptor)
             answer = await self._engine.run(self._model, call, deadline=self._engine.deadline())
         except EngineError as exc:  # the whole call refused (deadline, queue full): every image failed
             return [Outcome(None, exc.detail, self.fingerprint)] * len(images)

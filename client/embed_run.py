@@ -23,6 +23,7 @@ import pyarrow as pa
 
 from simpool_serve.client import store
 from simpool_serve.client.backends import Backend, FatalError, HttpBackend, LocalBackend, default_url
+from simpool_serve.client.descriptor_args import add_descriptor_arguments, descriptor_of
 from simpool_serve.client.progress import progress_bar
 from simpool_serve.client.ray_args import add_ray_arguments, check_ray_arguments, reject_ray_only
 from simpool_serve.client.retry import DEFAULT_CONNECT_TIMEOUT
@@ -65,6 +66,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--checkpoint-every", type=float, default=60.0, help="seconds between saves of partial results"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_descriptor_arguments(p)
     add_ray_arguments(p)
     args = p.parse_args(argv)
     if args.concurrency < 1 or args.batch < 1:
@@ -144,7 +146,7 @@ async def _embed_all(
 
 async def _open_backend(args: argparse.Namespace) -> Backend:
     if args.local is not None:
-        return await LocalBackend.open(args.local, model=args.model)
+        return await LocalBackend.open(args.local, model=args.model, descriptor=descriptor_of(args))
     return await HttpBackend.open(
         args.url or default_url(),
         model=args.model,
@@ -153,6 +155,7 @@ async def _open_backend(args: argparse.Namespace) -> Backend:
         timeout=args.timeout,
         connect_timeout=args.connect_timeout,
         retry_timeout=args.retry_timeout,
+        descriptor=descriptor_of(args),
     )
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
-from simpool_serve.client.protocol import descriptor_fields
+from simpool_serve.client.descriptor_args import add_descriptor_arguments, descriptor_of
 from simpool_serve.client.retrieval_eval import DatasetError, evaluate, load_dataset, map_line, rank
 
 _IN_FLIGHT = 16  # images in the local engine at once: enough to fill its batches, far below its queue
@@ -39,18 +39,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="none",
         help="none: whole query images (DINO's and the paper's protocol); crop: cut to their box",
     )
-    p.add_argument("--view", choices=["crop", "full"], default="full", help="the view (default: full)")
-    p.add_argument("--size", type=int, help="longer side of the full view (default: the model's input_size)")
-    p.add_argument("--scales", type=float, nargs="+", help="scales averaged per descriptor")
-    p.add_argument("--whiten", action="store_true", help="apply the model's fitted whitening")
-    p.add_argument("--dims", type=int, help="whitened components kept (implies --whiten)")
+    add_descriptor_arguments(p, view="full")
     p.add_argument("--api-key", help="the service's key (default: SIMPOOL_API_KEY)")
     return p.parse_args(argv)
 
 
 def _fields(args: argparse.Namespace, region: Sequence[float] | None = None) -> dict[str, Any]:
-    whiten = True if args.whiten else None
-    return descriptor_fields(args.view, args.size, args.scales, region, whiten, args.dims)
+    fields = descriptor_of(args)
+    if region is not None:
+        fields["region"] = list(region)
+    return fields
 
 
 def _upright_size(path: Path) -> tuple[int, int]:

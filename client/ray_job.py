@@ -27,6 +27,7 @@ import pyarrow.compute as pc
 
 from simpool_serve.client import store
 from simpool_serve.client.backends import FatalError, LocalBackend
+from simpool_serve.client.descriptor_args import descriptor_of
 from simpool_serve.client.progress import progress_bar
 from simpool_serve.client.ray_source import Source, open_source
 
@@ -67,12 +68,20 @@ class Plan:
 class EmbedActor:
     """One `LocalBackend` per actor; skips files whose sha256 and fingerprint are already in OUT."""
 
-    def __init__(self, model_dir: str, model: str | None, threads: int, known: dict[str, str]) -> None:
+    def __init__(
+        self,
+        model_dir: str,
+        model: str | None,
+        threads: int,
+        known: dict[str, str],
+        descriptor: dict[str, Any],
+    ) -> None:
         # Sizes the session before it is built: the backend reads its settings from the environment.
         os.environ.setdefault("SIMPOOL_INTRA_OP_THREADS", str(threads))
         # The backend's engine lives on one event loop for the actor's lifetime; each batch runs on it.
         self._loop = asyncio.new_event_loop()
-        self._backend = self._loop.run_until_complete(LocalBackend.open(Path(model_dir), model=model))
+        opened = LocalBackend.open(Path(model_dir), model=model, descriptor=descriptor)
+        self._backend = self._loop.run_until_complete(opened)
         self._known = known
         # When Ray ends the actor (or it is collected), the engine's batcher tasks are stopped and the
         # loop closed: left pending, each printed "Task was destroyed but it is pending!" at exit.
@@ -189,9 +198,10 @@ class ShardWriter:
         print(f"{PROG}: wrote {path.name} ({table.num_rows} rows, {self.written} this run)", file=sys.stderr)
 
 
-async def _probe(model_dir: Path, model: str | None) -> tuple[str, str]:
-    """The model's name and fingerprint, from the same backend the actors open (so the same checks)."""
-    backend = await LocalBackend.open(model_dir, model=model)
+async def _probe(model_dir: Path, model: str | None, descriptor: dict[str, Any]) -> tuple[str, str]:
+    """The model's name and the descriptor's fingerprint, from the same backend the actors open (so the
+    same checks)."""
+    backend = await LocalBackend.open(model_dir, model=model, descriptor=descriptor)
     try:
         return backend.model, backend.fingerprint
     finally:
@@ -247,7 +257,7 @@ def run(args: argparse.Namespace) -> int:
         raise FatalError(f"{out} exists and is not a directory (--engine ray writes a folder of shards)")
     source = open_source(args.source)
     # Checked here first, so a bad model folder stops the run before a cluster is involved.
-    model, fingerprint = asyncio.run(_probe(args.local, args.model))
+    model, fingerprint = asyncio.run(_probe(args.local, args.model, descriptor_of(args)))
     paths = source.list_images()
     out.mkdir(parents=True, exist_ok=True)
     _clean_stale_temps(out)
@@ -303,6 +313,7 @@ def _run_on_ray(
                 fn_constructor_kwargs={
                     "model_dir": str(args.local.resolve()),
                     "model": model,
+                    "descriptor": descriptor_of(args),
                     "threads": plan.threads,
                     "known": known,
                 },

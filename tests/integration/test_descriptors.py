@@ -318,3 +318,35 @@ def test_simpool_eval_retrieval_on_a_small_revisited_set(
     cropped = subprocess.run([*command, "--query-box", "crop"], capture_output=True, text=True, timeout=600)
     assert cropped.returncode == 0, cropped.stderr
     assert cropped.stdout.splitlines()[-1].startswith("mAP easy=")
+
+
+def test_simpool_embed_writes_descriptors_locally_and_over_http(
+    server: Server, model_repo: Path, photos: dict[str, Path], tmp_path: Path
+) -> None:
+    import pyarrow.parquet as pq
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("coffee.jpg", "rocket.jpg", "camera.png"):
+        shutil.copy(photos[name], images / name)
+    flags = ["--model", "vit_tiny", "--view", "full", "--scales", "1", "0.5", "--no-progress"]
+    local = subprocess.run(
+        [str(BIN / "simpool-embed"), str(images), "--out", str(tmp_path / "local.parquet"),
+         "--local", str(model_repo), *flags],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    remote = subprocess.run(
+        [str(BIN / "simpool-embed"), str(images), "--out", str(tmp_path / "http.parquet"),
+         "--url", server.url, *flags],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert local.returncode == 0 and remote.returncode == 0, (local.stderr, remote.stderr)
+    a = pq.read_table(tmp_path / "local.parquet").sort_by("path").to_pylist()
+    b = pq.read_table(tmp_path / "http.parquet").sort_by("path").to_pylist()
+    with httpx.Client(base_url=server.url, timeout=120) as c:
+        answer = c.post("/embed", files=[("images", (images / "coffee.jpg").read_bytes())],
+                        data={"model": "vit_tiny", "view": "full", "scales": "[1, 0.5]"}).json()  # fmt: skip
+    assert {r["fingerprint"] for r in a + b} == {answer["fingerprint"]}  # the descriptor's, not the graph's
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_allclose(x["embedding"], y["embedding"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(a[1]["embedding"], answer["embeddings"][0], rtol=1e-4, atol=1e-5)  # coffee
