@@ -25,7 +25,9 @@ if [ ! -x "$bin/simpool-embed" ]; then
 fi
 mkdir -p "$work"
 status=0
-"$bin/simpool-embed" "$src" --out "$work/embeddings.parquet" "$@" || status=$?
+# The whole photograph at its aspect ratio (--view full), as retrieval describes it; the centre crop
+# would drop the borders of every non-square photo. Options given after WORK_DIR come later and win.
+"$bin/simpool-embed" "$src" --out "$work/embeddings.parquet" --view full "$@" || status=$?
 if [ "$status" -gt 1 ]; then
     exit "$status"  # could not run at all; exit 1 (some images failed) still gives a usable index
 fi

@@ -72,6 +72,8 @@ def test_photos_find_themselves_and_their_copies(
     proc = run(*query, *queries, "-k", "3", "--url", server.url, "--json")
     assert proc.returncode == 0, proc.stderr
     assert_finds_originals(json.loads(proc.stdout)["results"], originals, copies)
+    crop = run(*query, originals[0], "--view", "crop", "--url", server.url)
+    assert crop.returncode != 0 and "fingerprint" in crop.stderr
 
     # The human-readable form, with the query embedded in-process: same fingerprint, same answer.
     proc = run(*query, originals[0], "--local", model_repo)
@@ -106,13 +108,14 @@ def test_query_refuses_an_index_from_another_model(
 def test_near_duplicates_through_lancedb(
     server: Server, model_repo: Path, collection: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    """The same collection, embedded by the Ray job into shards, searched in a real LanceDB table."""
+    """The same collection, embedded by the Ray job into shards (full-view descriptors), searched in a
+    real LanceDB table with queries embedded by the service; a query of another view is refused."""
     pytest.importorskip("lancedb")
     pytest.importorskip("ray.data")
     src, copies = collection
     shards, db = tmp_path / "shards", str(tmp_path / "db")
     embed = [BIN / "simpool-embed", src, "--out", shards, "--engine", "ray", "--local", model_repo]
-    proc = run(*embed, "--model", "resnet18", "--no-progress")
+    proc = run(*embed, "--model", "resnet18", "--view", "full", "--no-progress")
     assert proc.returncode == 0, proc.stderr
     proc = run(BIN / "python", EXAMPLE / "lancedb_index.py", shards, "--db", db)
     originals = sorted(src.iterdir())
@@ -122,6 +125,8 @@ def test_near_duplicates_through_lancedb(
     proc = run(*query, *originals, *sorted(copies.iterdir()), "-k", "3", "--url", server.url, "--json")
     assert proc.returncode == 0, proc.stderr
     assert_finds_originals(json.loads(proc.stdout)["results"], originals, copies)
+    crop = run(*query, originals[0], "--view", "crop", "--url", server.url)
+    assert crop.returncode != 0 and "fingerprint" in crop.stderr
 
     proc = run(*query, originals[0], "--local", model_repo)  # in-process query: the same answer
     assert proc.returncode == 0 and f"1. 1.0000  {originals[0].name}" in proc.stdout, proc.stderr
