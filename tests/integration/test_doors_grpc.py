@@ -176,6 +176,11 @@ def test_infer_pixels_raw_and_typed(served: GrpcServer, photos: dict[str, Path])
     assert raw_embedding.shape == (1, 512) and abs(np.linalg.norm(raw_embedding) - 1) < 1e-5
     assert raw.as_numpy("logits").shape == (1, 1000)
     assert len(raw.get_response().raw_output_contents) == 3
+    # The graph's own input name, as a client written for Triton serving `--triton-repo` sends it.
+    triton_style = tg.InferInput("images", list(pixels.shape), "UINT8")
+    triton_style.set_data_from_numpy(pixels)
+    same = served.client().infer("resnet18", [triton_style], headers=AUTH, parameters={"normalize": True})
+    np.testing.assert_allclose(same.as_numpy("embedding"), raw_embedding, rtol=1e-6, atol=1e-7)
 
     # Typed contents (no raw_input_contents), through tritonclient's own protobuf stubs: typed answers.
     request = service_pb2.ModelInferRequest(model_name="resnet18")
