@@ -111,7 +111,9 @@ def _open_and_warm(
 ) -> tuple[Runner, Runner | None, int]:
     """In an inference thread: verify the graph, create the session(s), run each at every batch size."""
     size = folder.manifest.input_size
-    options = ProviderOptions.from_config(config, size, plan.accelerator_batch_size)
+    manifest = folder.manifest
+    min_side = (manifest.min_side or 16) if manifest.dynamic_size else None
+    options = ProviderOptions.from_config(config, size, plan.accelerator_batch_size, min_side)
     runner = open_verified(
         folder.path,
         folder.manifest,

@@ -42,9 +42,15 @@ class ProviderOptions:
     io_binding: bool = False
     input_size: int | None = None
     max_batch: int = 1
+    # A graph of any size: the smallest side it takes, and the largest view a request may ask for.
+    min_side: int | None = None
+    max_view_size: int | None = None
 
     @classmethod
-    def from_config(cls, config: EngineConfig, input_size: int, max_batch: int) -> ProviderOptions:
+    def from_config(
+        cls, config: EngineConfig, input_size: int, max_batch: int, min_side: int | None = None
+    ) -> ProviderOptions:
+        """`min_side`: given for a graph of any size (its manifest's `min_side`), None for a fixed one."""
         return cls(
             device_id=config.cuda_device_id,
             cudnn_conv_algo_search=config.cuda_conv_algo_search,
@@ -54,6 +60,8 @@ class ProviderOptions:
             io_binding=config.io_binding,
             input_size=input_size,
             max_batch=max(1, max_batch),
+            min_side=min_side,
+            max_view_size=config.max_view_size if min_side is not None else None,
         )
 
     def cuda(self) -> dict[str, str]:
@@ -79,12 +87,17 @@ class ProviderOptions:
                 "trt_timing_cache_path": cache,
             }
         if self.input_size is not None:
-            # One profile for every batch the batcher can form; tuned for the largest (a loaded server).
-            s = self.input_size
+            # One profile for every batch the batcher can form, tuned for the largest at the crop's size
+            # (a loaded server); a graph of any size also spans every view a request may ask for, from
+            # its smallest side to SIMPOOL_MAX_VIEW_SIZE. Not run on a GPU here: untested.
+            s, n = self.input_size, self.max_batch
+            low, high = (
+                (self.min_side, self.max_view_size) if self.min_side and self.max_view_size else (s, s)
+            )
             opts |= {
-                "trt_profile_min_shapes": f"images:1x{s}x{s}x3",
-                "trt_profile_opt_shapes": f"images:{self.max_batch}x{s}x{s}x3",
-                "trt_profile_max_shapes": f"images:{self.max_batch}x{s}x{s}x3",
+                "trt_profile_min_shapes": f"images:1x{low}x{low}x3",
+                "trt_profile_opt_shapes": f"images:{n}x{s}x{s}x3",
+                "trt_profile_max_shapes": f"images:{n}x{high}x{high}x3",
             }
         return opts
 

@@ -109,7 +109,7 @@ class OnnxRunner:
         outputs = self.session.run(self.output_names, feed)
         return dict(zip(self.output_names, outputs, strict=True))
 
-    def _run_bound(self, images: np.ndarray, scale: float) -> dict[str, np.ndarray]:
+    def _run_bound(self, images: np.ndarray, scale: float = 1.0) -> dict[str, np.ndarray]:
         """The input copied to the device once, the outputs written to host memory by the provider."""
         binding = self.session.io_binding()
         binding.bind_cpu_input(INPUT, np.ascontiguousarray(images))

@@ -89,3 +89,13 @@ def test_runner_logs_its_providers_and_binding_matches_plain_run(
     assert plain.keys() == bound.keys()
     for name in plain:
         np.testing.assert_array_equal(plain[name], bound[name])
+
+
+def test_tensorrt_profile_of_a_graph_of_any_size_spans_every_view(tmp_path: Path) -> None:
+    """From the smallest side the graph takes to SIMPOOL_MAX_VIEW_SIZE, tuned for the crop's size."""
+    settings = Settings(max_view_size=512)
+    options = ProviderOptions.from_config(settings, input_size=224, max_batch=8, min_side=16)
+    trt = options.tensorrt(tmp_path / "m")
+    assert trt["trt_profile_min_shapes"] == "images:1x16x16x3"
+    assert trt["trt_profile_opt_shapes"] == "images:8x224x224x3"
+    assert trt["trt_profile_max_shapes"] == "images:8x512x512x3"
