@@ -411,7 +411,7 @@ def test_every_autoscaling_query_names_metrics_of_a_running_server(
 ) -> None:
     """The real server, after one answered request: each metric an autoscaler query names is exposed."""
     with server.client() as c:
-        from test_deploy_prometheus import jpeg
+        from tests.deploy.test_deploy_prometheus import jpeg
 
         assert c.post("/embed", json={"images": [jpeg(1)]}).status_code == 200
         text = c.get("/metrics").text
@@ -434,7 +434,7 @@ def test_autoscaling_queries_select_the_service_in_a_real_prometheus(
     """The adapter's queries (templates filled as the adapter fills them) and KEDA's, run by a real
     Prometheus scraping the real server with the labels the Prometheus Operator would attach: each
     returns the pod's series, and the busy time moves with traffic."""
-    from test_deploy_prometheus import jpeg, query, run_prometheus, wait_for
+    from tests.deploy.test_deploy_prometheus import jpeg, query, run_prometheus, wait_for
 
     from tests.helpers import free_port
 
