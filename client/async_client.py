@@ -100,7 +100,7 @@ class AsyncSimPoolClient:
         view: Literal["crop", "full"] | None = None,
         size: int | None = None,
         scales: Sequence[float] | None = None,
-        region: Sequence[float] | None = None,
+        region: Sequence[float] | Literal["attention"] | None = None,
         whiten: bool | None = None,
         dimensions: int | None = None,
     ) -> EmbedResult:

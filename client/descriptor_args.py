@@ -21,10 +21,15 @@ def add_descriptor_arguments(p: argparse.ArgumentParser, view: str | None = None
         "--whiten", action="store_true", help="apply the model's fitted whitening (simpool-whiten)"
     )
     g.add_argument("--dims", type=int, help="whitened components kept (implies --whiten)")
+    g.add_argument(
+        "--region",
+        choices=["attention"],
+        help="attention: describe each image cut to the box of its own SimPool attention (full view)",
+    )
 
 
 def descriptor_of(args: argparse.Namespace) -> dict[str, Any]:
     """The fields the flags set, as every door and the engine take them."""
     return descriptor_fields(
-        args.view, args.size, args.scales, None, True if args.whiten else None, args.dims
+        args.view, args.size, args.scales, args.region, True if args.whiten else None, args.dims
     )

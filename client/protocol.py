@@ -133,7 +133,7 @@ def descriptor_fields(
     view: str | None,
     size: int | None,
     scales: Sequence[float] | None,
-    region: Sequence[float] | None,
+    region: Sequence[float] | str | None,
     whiten: bool | None,
     dimensions: int | None,
 ) -> dict[str, Any]:
@@ -143,7 +143,7 @@ def descriptor_fields(
         "view": view,
         "size": size,
         "scales": list(scales) if scales is not None else None,
-        "region": list(region) if region is not None else None,
+        "region": list(region) if region is not None and not isinstance(region, str) else region,
         "whiten": whiten,
         "dimensions": dimensions,
     }

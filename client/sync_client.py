@@ -97,7 +97,7 @@ class SimPoolClient:
         view: Literal["crop", "full"] | None = None,
         size: int | None = None,
         scales: Sequence[float] | None = None,
-        region: Sequence[float] | None = None,
+        region: Sequence[float] | Literal["attention"] | None = None,
         whiten: bool | None = None,
         dimensions: int | None = None,
     ) -> EmbedResult:

@@ -42,6 +42,11 @@ class Fields(BaseModel):
     )
 
 
+BoxField = Annotated[
+    list[Annotated[float, Field(strict=False, allow_inf_nan=False)]], Field(min_length=4, max_length=4)
+]
+
+
 def _json_list(value: object) -> object:
     """A list sent as a form field is JSON text (`scales=[1, 0.7071]`)."""
     if isinstance(value, str) and value.lstrip().startswith("["):
@@ -59,23 +64,21 @@ class ViewFields(BaseModel):
     view: View = Field("crop", description="`crop`: resize and centre crop (classification); `full`: "
                        "the whole image at its aspect ratio, longer side `size`.")  # fmt: skip
     size: int | None = Field(None, ge=32, description="Longer side of a `full` view; default: input_size.")
-    region: list[Annotated[float, Field(strict=False, allow_inf_nan=False)]] | None = Field(
+    region: BoxField | Literal["attention"] | None = Field(
         None,
-        min_length=4,
-        max_length=4,
-        description="[x0, y0, x1, y1] in the upright original's pixels: cut to this box first (full).",
+        description="Cut to this box first (full view): [x0, y0, x1, y1] in the upright original's "
+        "pixels, or `attention`, the box of the image's own SimPool attention.",
     )
 
     _lists = field_validator("region", mode="before")(_json_list)
 
     def descriptor(self) -> Descriptor:
-        return Descriptor(view=self.view, size=self.size, region=self.box)
+        return Descriptor(view=self.view, size=self.size, region=self.region_value)
 
     @property
-    def box(self) -> tuple[float, float, float, float] | None:
-        return (
-            None if self.region is None else (self.region[0], self.region[1], self.region[2], self.region[3])
-        )
+    def region_value(self) -> tuple[float, float, float, float] | Literal["attention"] | None:
+        r = self.region
+        return r if r is None or isinstance(r, str) else (r[0], r[1], r[2], r[3])
 
 
 class EmbedFields(Fields, ViewFields):
@@ -98,7 +101,7 @@ class EmbedFields(Fields, ViewFields):
             view=self.view,
             size=self.size,
             scales=tuple(self.scales) if self.scales is not None else None,
-            region=self.box,
+            region=self.region_value,
             whiten=self.whiten,
             dimensions=self.dimensions,
         )

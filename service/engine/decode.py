@@ -76,7 +76,12 @@ class Decoder:
         return out
 
     def view(
-        self, payload: Payload, manifest: Manifest, model: str, resolved: Resolved
+        self,
+        payload: Payload,
+        manifest: Manifest,
+        model: str,
+        resolved: Resolved,
+        region: tuple[float, float, float, float] | None = None,
     ) -> tuple[np.ndarray, Geometry]:
         """The pixels of the request's view (crop or full, cut to its box), checked against its scales:
         a scale that leaves less than the model's smallest side is a `ViewTooSmall` (400)."""
@@ -86,7 +91,11 @@ class Decoder:
             start = time.perf_counter()
             data = payload_bytes(payload, self.limits.max_image_bytes)
             full = views.full_view(
-                data, resolved.size, self.limits.max_image_pixels, resolved.box, draft=self.jpeg_draft
+                data,
+                resolved.size,
+                self.limits.max_image_pixels,
+                region or resolved.box,
+                draft=self.jpeg_draft,
             )
             pixels, geometry = full.pixels, full.geometry
             height, width = pixels.shape[:2]

@@ -23,6 +23,7 @@ from simpool_serve.service.engine.whitening import Whitening
 from simpool_serve.spec import Manifest
 
 View = Literal["crop", "full"]
+ATTENTION = "attention"  # the region rule: the box of the image's own attention
 Scale = Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]
 Box = tuple[float, float, float, float]
 
@@ -37,7 +38,11 @@ class Descriptor(BaseModel):
     scales: tuple[Scale, ...] | None = Field(
         None, min_length=1, max_length=4, description="One descriptor per scale, averaged; default [1]."
     )
-    region: Box | None = Field(None, description="[x0, y0, x1, y1] in the upright original's pixels.")
+    region: Box | Literal["attention"] | None = Field(
+        None,
+        description="[x0, y0, x1, y1] in the upright original's pixels, or `attention`: the box of the "
+        "image's own SimPool attention (full view, scale 1).",
+    )
     whiten: bool = Field(False, description="Apply the model's fitted whitening (simpool-whiten).")
     dimensions: int | None = Field(None, ge=1, description="Keep this many whitened components.")
 
@@ -75,7 +80,7 @@ class Resolved:
     view: View
     size: int
     scales: tuple[float, ...]
-    region: Box | None
+    region: Box | Literal["attention"] | None
     whiten: bool
     dimensions: int | None
     fingerprint: str
@@ -87,7 +92,12 @@ class Resolved:
 
     @property
     def box(self) -> Box | None:
-        return self.region
+        """The explicit box, if the request gave one."""
+        return self.region if isinstance(self.region, tuple) else None
+
+    @property
+    def by_attention(self) -> bool:
+        return self.region == ATTENTION
 
 
 def _invalid(detail: str, reason: str = "malformed") -> EngineError:
@@ -123,7 +133,7 @@ def resolve(
             "size": size if d.view == "full" else None,
             "scales": list(scales),
             # An explicit box is not part of it: a query cut to its box matches an index of uncut images.
-            "region": None,
+            "region": ATTENTION if d.region == ATTENTION else None,
             "whitening": whitening.settings.get("sha256") if whiten and whitening is not None else None,
             "dimensions": d.dimensions,
         }

@@ -24,9 +24,10 @@ from typing import TYPE_CHECKING, Literal, TypeVar
 import numpy as np
 
 from simpool_serve.service.engine.batcher import Job, Outputs
+from simpool_serve.service.engine.boxes import attention_box
 from simpool_serve.service.engine.config import EngineConfig
 from simpool_serve.service.engine.decode import Decoder, Payload
-from simpool_serve.service.engine.descriptor import CROP, Descriptor, Resolved, resolve
+from simpool_serve.service.engine.descriptor import CROP, Box, Descriptor, Resolved, resolve
 from simpool_serve.service.engine.errors import EngineError, Kind, not_ready
 from simpool_serve.service.engine.models import LoadedModel, ModelFolder, default_model, discover, load_model
 from simpool_serve.service.engine.overlay import attention_png
@@ -283,10 +284,13 @@ class Engine:
             geometries: list[Geometry | None] | None = None
         else:
             assert images is not None
+            regions = None
+            if resolved.by_attention:  # a first pass finds each image's own box
+                regions = await self._attention_regions(model, images, resolved, deadline, disconnected)
             self._admit(model, len(images), places)
             with spans.decode() if spans is not None else contextlib.nullcontext():
                 rows, failures, geometries = await self._decode(
-                    model, places, self._decode_all(model, images, resolved), deadline
+                    model, places, self._decode_all(model, images, resolved, regions), deadline
                 )
             if failures and on_error == "fail":
                 model.batcher.release(places)
@@ -302,6 +306,26 @@ class Engine:
             return Answer(model, per_scale[0], failures, geometries, resolved.fingerprint)
         outputs = combine(per_scale, resolved, model.whitening)
         return Answer(model, outputs, failures, geometries, resolved.fingerprint, normalized=True)
+
+    async def _attention_regions(
+        self,
+        model: LoadedModel,
+        images: Sequence[Payload],
+        resolved: Resolved,
+        deadline: float,
+        disconnected: Disconnected | None,
+    ) -> list[Box | None]:
+        """`region="attention"`: each image's box of its own SimPool attention, in the full view at
+        scale 1 and the same size (the box rule of `/attention`, default mass), in original pixels. An
+        image that fails here gets no box, and fails again, with its index, in the pass that follows."""
+        first = Call(images=images, outputs=(ATTENTION,), on_error="skip",
+                     descriptor=Descriptor(view="full", size=resolved.size))  # fmt: skip
+        answer = await self.run(model, first, deadline=deadline, disconnected=disconnected)
+        geometries = answer.geometries or [None] * len(images)
+        return [
+            None if out is None or geo is None else _as_box(attention_box(out[ATTENTION], geo))
+            for out, geo in zip(answer.outputs, geometries, strict=True)
+        ]
 
     def resolve(self, model: LoadedModel, descriptor: Descriptor) -> Resolved:
         """The descriptor's settings for this model and their fingerprint, or INVALID saying why not."""
@@ -441,20 +465,31 @@ class Engine:
             raise
 
     async def _decode_all(
-        self, model: LoadedModel, images: Sequence[Payload], resolved: Resolved
+        self,
+        model: LoadedModel,
+        images: Sequence[Payload],
+        resolved: Resolved,
+        regions: list[Box | None] | None = None,
     ) -> tuple[list[np.ndarray | None], list[ImageFailure], list[Geometry | None]]:
+        """Every image's pixels (`regions`: a box per image, found by attention), failures by index."""
         loop = asyncio.get_running_loop()
         slots = asyncio.Semaphore(self._decodes_per_request)
         decoder, manifest, name = self._decoder, model.manifest, model.name
+        boxes = regions or [None] * len(images)
         decode_one = (
             decoder.pixels if resolved.is_crop else functools.partial(decoder.view, resolved=resolved)
         )
 
-        async def decode(payload: Payload) -> tuple[np.ndarray, Geometry]:
+        async def decode(payload: Payload, box: Box | None) -> tuple[np.ndarray, Geometry]:
+            work = (
+                decode_one if box is None else functools.partial(decoder.view, resolved=resolved, region=box)
+            )
             async with slots:
-                return await loop.run_in_executor(self._pool, decode_one, payload, manifest, name)
+                return await loop.run_in_executor(self._pool, work, payload, manifest, name)
 
-        results = await asyncio.gather(*(decode(p) for p in images), return_exceptions=True)
+        results = await asyncio.gather(
+            *(decode(p, b) for p, b in zip(images, boxes, strict=True)), return_exceptions=True
+        )
         rows: list[np.ndarray | None] = []
         geometries: list[Geometry | None] = []
         failures: list[ImageFailure] = []
@@ -529,3 +564,7 @@ def combine(
         row[EMBEDDING] = np.asarray(vector, np.float32)
         out.append(row)
     return out
+
+
+def _as_box(box: list[int]) -> Box:
+    return float(box[0]), float(box[1]), float(box[2]), float(box[3])

@@ -30,8 +30,8 @@ class EmbeddingsRequest(BaseModel):
     scales: list[Annotated[float, Field(strict=False)]] | None = Field(
         None, description="Scales averaged into one descriptor."
     )
-    region: list[Annotated[float, Field(strict=False)]] | None = Field(
-        None, description="[x0, y0, x1, y1]: cut each image to this box first."
+    region: list[Annotated[float, Field(strict=False)]] | Literal["attention"] | None = Field(
+        None, description="[x0, y0, x1, y1], or `attention`: cut each image to this box first."
     )
     whiten: bool = Field(False, description="Apply the model's fitted whitening.")
 

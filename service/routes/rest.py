@@ -13,9 +13,18 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
-from simpool_serve.service import boxes, encoding
+from simpool_serve.service import encoding
 from simpool_serve.service.door import Door
-from simpool_serve.service.engine import Answer, Call, Disconnected, Engine, EngineError, Kind, LoadedModel
+from simpool_serve.service.engine import (
+    Answer,
+    Call,
+    Disconnected,
+    Engine,
+    EngineError,
+    Kind,
+    LoadedModel,
+    boxes,
+)
 from simpool_serve.service.engine.descriptor import CROP
 from simpool_serve.service.http_door import serve_http
 from simpool_serve.service.openapi_schema import inline

@@ -435,7 +435,6 @@ def test_autoscaling_queries_select_the_service_in_a_real_prometheus(
     Prometheus scraping the real server with the labels the Prometheus Operator would attach: each
     returns the pod's series, and the busy time moves with traffic."""
     from tests.deploy.test_deploy_prometheus import jpeg, query, run_prometheus, wait_for
-
     from tests.helpers import free_port
 
     if shutil.which("prometheus") is None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from simpool_serve.service.boxes import attention_box
+from simpool_serve.service.engine.boxes import attention_box
 from simpool_serve.service.engine.preprocess import decode
 from simpool_serve.spec import Manifest
 from tests.helpers import Server

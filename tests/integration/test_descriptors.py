@@ -23,6 +23,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from simpool_serve.service.engine import Call, EngineError, Kind
+from simpool_serve.service.engine.boxes import attention_box
 from simpool_serve.service.engine.descriptor import Descriptor
 from simpool_serve.service.engine.whitening import fit, save
 from simpool_serve.spec import EMBEDDING
@@ -350,3 +351,29 @@ def test_simpool_embed_writes_descriptors_locally_and_over_http(
     for x, y in zip(a, b, strict=True):
         np.testing.assert_allclose(x["embedding"], y["embedding"], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(a[1]["embedding"], answer["embeddings"][0], rtol=1e-4, atol=1e-5)  # coffee
+
+
+def test_region_attention_cuts_each_image_to_its_own_attention_box(
+    model_repo: Path, photos: dict[str, Path]
+) -> None:
+    photo = photographs(photos)["4x3"]
+
+    async def scenario() -> tuple[object, object, list[int]]:
+        async with engine_over(model_repo) as engine:
+            model = engine.model("vit_tiny")
+
+            async def ask(descriptor: Descriptor, outputs: tuple[str, ...] = ()) -> object:
+                call = Call(images=[photo], outputs=outputs, descriptor=descriptor)
+                return await engine.run(model, call, deadline=engine.deadline())
+
+            first = await ask(Descriptor(view="full"), ("attention",))
+            box = attention_box(first.outputs[0]["attention"], first.geometries[0])
+            by_attention = await ask(Descriptor(view="full", region="attention", scales=PAPER_SCALES))
+            explicit = await ask(Descriptor(view="full", region=tuple(map(float, box)), scales=PAPER_SCALES))
+            return by_attention, explicit, box
+
+    by_attention, explicit, box = run(scenario(), timeout=300)
+    a, b = by_attention.outputs[0][EMBEDDING], explicit.outputs[0][EMBEDDING]
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert by_attention.fingerprint != explicit.fingerprint  # the attention rule is part of the descriptor
+    assert 0 <= box[0] < box[2] <= 640 and 0 <= box[1] < box[3] <= 480

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from simpool_serve.service.boxes import attention_box, components, grid_box, top_mass_mask
+from simpool_serve.service.engine.boxes import attention_box, components, grid_box, top_mass_mask
 from simpool_serve.service.engine.preprocess import decode, load_original
 from simpool_serve.spec import Manifest
 

@@ -10,7 +10,7 @@ import pytest
 import skimage.data as data
 from PIL import Image, ImageOps
 
-from simpool_serve.service.boxes import image_box
+from simpool_serve.service.engine.boxes import image_box
 from simpool_serve.service.engine.errors import Kind
 from simpool_serve.service.engine.preprocess import ImageTooLarge, load
 from simpool_serve.service.engine.views import (
