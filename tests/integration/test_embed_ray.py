@@ -150,7 +150,10 @@ def test_sigkill_loses_nothing_reported_and_rerun_embeds_each_image_once(
 
 
 def test_an_actor_going_away_leaves_no_pending_batcher_task(
-    model_repo: Path, photos: dict[str, Path], caplog: pytest.LogCaptureFixture
+    model_repo: Path,
+    photos: dict[str, Path],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """What Ray does at the end of a run, in-process: the actor is dropped; its engine must be closed
     (else asyncio reports "Task was destroyed but it is pending!" for each batcher)."""
@@ -160,7 +163,9 @@ def test_an_actor_going_away_leaves_no_pending_batcher_task(
 
     from simpool_serve.client.ray_job import EmbedActor
 
-    actor = EmbedActor(str(model_repo / "resnet18"), None, threads=1, known={})
+    # The actor sizes its session through the environment, as in a Ray worker: restored after the test.
+    monkeypatch.setenv("SIMPOOL_INTRA_OP_THREADS", "1")
+    actor = EmbedActor(str(model_repo / "resnet18"), None, threads=1, known={}, descriptor={})
     batch = pa.table(
         {
             "path": ["coffee.jpg"],

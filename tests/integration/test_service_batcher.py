@@ -208,7 +208,7 @@ def test_failing_batch_fails_only_its_requests(
 ) -> None:
     """A batch onnxruntime rejects fails its requests with a generic 500; the next batches still run."""
     runner, _ = resnet
-    wrong = np.zeros((100, 100, 3), np.uint8)  # not the graph's input size: onnxruntime raises
+    wrong = np.zeros((100, 100, 4), np.uint8)  # four channels, not the graph's RGB: onnxruntime raises
 
     async def scenario() -> None:
         metrics = Metrics(1)

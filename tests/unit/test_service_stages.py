@@ -98,6 +98,8 @@ def test_settings_from_env_and_overrides(monkeypatch: pytest.MonkeyPatch) -> Non
 def test_inference_lanes_split_the_threads(monkeypatch: pytest.MonkeyPatch) -> None:
     """Auto: two single-thread lanes sharing one pool with decoding on a 2-core CPU; one lane with more
     cores (decoding has cores of its own), on a GPU, or with one thread. Explicit values win."""
+    for name in ("SIMPOOL_INTRA_OP_THREADS", "SIMPOOL_INFERENCE_LANES", "SIMPOOL_DECODE_WORKERS"):
+        monkeypatch.delenv(name, raising=False)  # the automatic rules, whatever the environment says
     monkeypatch.setattr("simpool_serve.service.engine.config.available_cores", lambda: 2)
     two = Settings()
     assert (two.resolved_inference_lanes(), two.lane_threads(), two.shared_compute_pool()) == (2, 1, True)
