@@ -7,9 +7,7 @@ example for `/v2/models/{model}/infer` is a real request that answers 200 when a
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,8 +15,8 @@ import pytest
 
 from simpool_serve.service.oip.schemas import INFER_EXAMPLE
 from tests.helpers import Server
+from tests.helpers.browser import chromium
 
-CHROMIUM = Path("/usr/bin/chromium")
 TIMEOUT_MS = 90_000
 
 
@@ -53,18 +51,8 @@ def test_every_reference_resolves_and_the_infer_example_runs(server: Server) -> 
 
 @pytest.fixture(scope="module")
 def page() -> Iterator[Any]:
-    if not CHROMIUM.exists():
-        if os.geteuid() != 0:
-            pytest.skip("no /usr/bin/chromium and not root to install it (apt-get install chromium)")
-        pytest.fail("/usr/bin/chromium is missing: `apt-get install chromium` (.ci/run does)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=["--headless", "--no-sandbox"])
-        try:
-            yield browser.new_page()
-        finally:
-            browser.close()
+    with chromium() as browser:
+        yield browser.new_page()
 
 
 def test_redoc_renders_every_operation(server: Server, page: Any) -> None:

@@ -23,18 +23,8 @@ from PIL import Image
 from simpool_serve.service.engine.preprocess import geometry
 from simpool_serve.spec import Manifest
 from tests.helpers import REPO_ROOT, Server, start_server
+from tests.helpers.browser import chromium
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 KEY = "explorer-test-key"
 TIMEOUT_MS = 90_000  # two cores shared with other work: inference may queue
 
@@ -52,18 +42,8 @@ def keyed_server(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    if not CHROMIUM.exists():
-        if os.geteuid() != 0:
-            pytest.skip("no /usr/bin/chromium and not root to install it (apt-get install chromium)")
-        pytest.fail("/usr/bin/chromium is missing: `apt-get install chromium` (.ci/run does)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+    with chromium() as launched:
+        yield launched
 
 
 # -- the files, over HTTP --------------------------------------------------------------------------
