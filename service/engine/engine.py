@@ -298,9 +298,7 @@ class Engine:
                 raise EngineError(first.kind, f"image {first.index}: {first.detail}", first.reason)
             for failure in failures:
                 self.metrics.failures.labels(model.name, failure.reason).inc()
-        per_scale = [
-            await self._submit(model, rows, scale, deadline, disconnected, spans) for scale in resolved.scales
-        ]
+        per_scale = await self._submit(model, rows, resolved.scales, deadline, disconnected, spans)
         self.metrics.images.labels(model.name).inc(len(rows) - len(failures))
         if resolved.scales == (1.0,) and not resolved.whiten:
             return Answer(model, per_scale[0], failures, geometries, resolved.fingerprint)
@@ -342,18 +340,29 @@ class Engine:
         self,
         model: LoadedModel,
         rows: list[np.ndarray | None],
-        scale: float,
+        scales: tuple[float, ...],
         deadline: float,
         disconnected: Disconnected | None,
         spans: RequestSpans | None,
-    ) -> list[Outputs | None]:
-        """One scale of the request through the batcher, traced when `spans` is given."""
-        if spans is None:
-            return await self._wait(model.batcher.submit(rows, scale=scale), model, deadline, disconnected)
+    ) -> list[list[Outputs | None]]:
+        """The request's images at every scale, queued at once (free lanes run scales side by side),
+        each scale's answers in order; traced when `spans` is given. If one scale fails, the others
+        leave the queue."""
         queued_ns = time.time_ns()
-        job = model.batcher.submit(rows, trace=spans.context(), scale=scale)
-        results = await self._wait(job, model, deadline, disconnected)
-        spans.batches(job, queued_ns)
+        trace = spans.context() if spans is not None else None
+        jobs = [model.batcher.submit(rows, trace=trace, scale=scale) for scale in scales]
+        results: list[list[Outputs | None]] = []
+        try:
+            for job in jobs:
+                results.append(await self._wait(job, model, deadline, disconnected))
+        except BaseException:
+            for job in jobs[len(results) + 1 :]:
+                model.batcher.cancel(job)
+                job.future.cancel()
+            raise
+        if spans is not None:
+            for job in jobs:
+                spans.batches(job, queued_ns)
         return results
 
     def _spans(self, model: LoadedModel, images: int) -> RequestSpans | None:
