@@ -28,6 +28,11 @@ class Door(ABC, Generic[Req, Res]):
     ask of the engine, `run` asks it (`Engine.run` unless a door needs another engine call), and
     `encode` turns the result into the protocol's answer."""
 
+    def deadline(self, engine: Engine) -> float:
+        """When the request must be answered (event-loop time): the engine's request timeout from now,
+        or sooner where the protocol carries a deadline of its own (gRPC)."""
+        return engine.deadline()
+
     @abstractmethod
     async def read(self, engine: Engine, deadline: float) -> Req:
         """The protocol's request, read and checked against `engine.limits` by `deadline`."""
@@ -60,7 +65,7 @@ async def serve(
 ) -> Res:
     """Runs `door`'s hooks in their fixed order; any failure propagates as the engine's or the door's
     error, for the door's own mapping onto its protocol."""
-    deadline = engine.deadline()
+    deadline = door.deadline(engine)
     req = await door.read(engine, deadline)
     model = engine.model(door.model_name(req))
     try:

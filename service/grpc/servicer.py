@@ -22,7 +22,7 @@ import grpc
 from google.protobuf import json_format
 
 from simpool_serve.service.door import Door, Label, serve
-from simpool_serve.service.engine import Answer, Call, Disconnected, Engine, EngineError, LoadedModel
+from simpool_serve.service.engine import Answer, Call, Engine, EngineError, LoadedModel
 from simpool_serve.service.grpc import tensors
 from simpool_serve.service.grpc.status import code_of, http_equivalent
 from simpool_serve.service.grpc.stubs import grpc_service_pb2 as pb
@@ -65,17 +65,10 @@ class GrpcInferDoor(Door[tuple[codec.InferRequest, bool], pb.ModelInferResponse]
         check_version(model, self.request.model_version)
         return call_of(req[0], model)
 
-    async def run(
-        self,
-        engine: Engine,
-        model: LoadedModel,
-        call: Call,
-        deadline: float,
-        disconnected: Disconnected | None,
-    ) -> Any:
-        if self.call_deadline is not None:
-            deadline = min(deadline, self.call_deadline)  # the client's deadline, capped by the server's
-        return await engine.run(model, call, deadline=deadline, disconnected=disconnected)
+    def deadline(self, engine: Engine) -> float:
+        """The client's deadline, capped by the server's."""
+        server = engine.deadline()
+        return server if self.call_deadline is None else min(server, self.call_deadline)
 
     def encode(
         self, req: tuple[codec.InferRequest, bool], model: LoadedModel, result: Answer
@@ -142,51 +135,50 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         def label(model: str, images: int, fingerprint: str) -> None:
             labels[:] = [model, images, fingerprint]
 
-        span = traced.__enter__()
-        try:
-            if rpc not in _PROBES:
-                self._check_key(context)
-            return await work(label)
-        except (EngineError, Refusal) as exc:
-            status, code = http_equivalent(exc), code_of(exc)
-            if span is not None:
-                span.record_exception(exc, attributes={"simpool.reason": exc.reason})
-            await self._abort(context, exc, labels[0])  # raises: the RPC ends with `code`
-            raise
-        except asyncio.CancelledError:  # the client left; at its deadline, that is the deadline passing
-            remaining = context.time_remaining()
-            late = remaining is not None and remaining < _AT_DEADLINE_S
-            status = 504 if late else 499
-            code = grpc.StatusCode.DEADLINE_EXCEEDED if late else grpc.StatusCode.CANCELLED
-            raise
-        except Exception as exc:
-            log.error("unhandled error", exc_info=exc)
-            status, code = 500, grpc.StatusCode.INTERNAL
-            await context.abort(code, "internal error; the details are in the server log")
-            raise
-        finally:
-            endpoint = f"grpc:{rpc}"
-            seconds = time.perf_counter() - start
-            extra: dict[str, Any] = {}
-            if span is not None:
-                extra["trace_id"] = _end_span(span, labels, code, status)
-            traced.__exit__(None, None, None)
-            self.metrics.requests.labels(endpoint, labels[0], str(status)).inc()
-            self.metrics.request_duration.labels(endpoint).observe(seconds)
-            log.log(
-                logging.DEBUG if rpc in _PROBES else logging.INFO,
-                "request",
-                extra={
-                    "method": "gRPC",
-                    "endpoint": endpoint,
-                    "model": labels[0],
-                    "images": labels[1],
-                    "status": status,
-                    "grpc_code": code.name,
-                    "duration_ms": round(seconds * 1000, 2),
-                    **extra,
-                },
-            )
+        with traced as span:  # None when tracing is off
+            try:
+                if rpc not in _PROBES:
+                    self._check_key(context)
+                return await work(label)
+            except (EngineError, Refusal) as exc:
+                status, code = http_equivalent(exc), code_of(exc)
+                if span is not None:
+                    span.record_exception(exc, attributes={"simpool.reason": exc.reason})
+                await self._abort(context, exc, labels[0])  # raises: the RPC ends with `code`
+                raise
+            except asyncio.CancelledError:  # the client left; at its deadline, that is the deadline passing
+                remaining = context.time_remaining()
+                late = remaining is not None and remaining < _AT_DEADLINE_S
+                status = 504 if late else 499
+                code = grpc.StatusCode.DEADLINE_EXCEEDED if late else grpc.StatusCode.CANCELLED
+                raise
+            except Exception as exc:
+                log.error("unhandled error", exc_info=exc)
+                status, code = 500, grpc.StatusCode.INTERNAL
+                await context.abort(code, "internal error; the details are in the server log")
+                raise
+            finally:
+                endpoint = f"grpc:{rpc}"
+                seconds = time.perf_counter() - start
+                extra: dict[str, Any] = {}
+                if span is not None:
+                    extra["trace_id"] = _end_span(span, labels, code, status)
+                self.metrics.requests.labels(endpoint, labels[0], str(status)).inc()
+                self.metrics.request_duration.labels(endpoint).observe(seconds)
+                log.log(
+                    logging.DEBUG if rpc in _PROBES else logging.INFO,
+                    "request",
+                    extra={
+                        "method": "gRPC",
+                        "endpoint": endpoint,
+                        "model": labels[0],
+                        "images": labels[1],
+                        "status": status,
+                        "grpc_code": code.name,
+                        "duration_ms": round(seconds * 1000, 2),
+                        **extra,
+                    },
+                )
 
     def _server_span(self, rpc: str, context: grpc.aio.ServicerContext) -> Any:
         """The RPC's server span, continuing the caller's trace (`traceparent` in the metadata)."""
@@ -195,8 +187,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
         assert self._tracer is not None
         carrier = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+        # The outcome is set by `_answer` (an abort is how every refusal ends, not an error of ours).
         return self._tracer.start_as_current_span(
-            f"grpc:{rpc}", context=propagate.extract(carrier), kind=SpanKind.SERVER
+            f"grpc:{rpc}",
+            context=propagate.extract(carrier),
+            kind=SpanKind.SERVER,
+            record_exception=False,
+            set_status_on_exception=False,
         )
 
     async def _abort(self, context: grpc.aio.ServicerContext, error: Failure, model: str) -> None:
