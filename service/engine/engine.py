@@ -268,6 +268,19 @@ class Engine:
         TOO_LARGE naming its index); with `"skip"` it is answered `None` and listed in
         `Answer.failures`.
         """
+        return await self._run(model, call, deadline, disconnected, counted=True)
+
+    async def _run(
+        self,
+        model: LoadedModel,
+        call: Call,
+        deadline: float,
+        disconnected: Disconnected | None,
+        *,
+        counted: bool,
+    ) -> Answer:
+        """`run`; `counted=False` for a pass the engine makes on its own (the attention region's first),
+        whose images and failures the request's own pass counts."""
         images, pixels, on_error = call.images, call.pixels, call.on_error
         if (images is None) == (pixels is None):
             raise EngineError(Kind.INVALID, "send either encoded images or pixels, not both", "malformed")
@@ -296,10 +309,11 @@ class Engine:
                 model.batcher.release(places)
                 first = failures[0]
                 raise EngineError(first.kind, f"image {first.index}: {first.detail}", first.reason)
-            for failure in failures:
+            for failure in failures if counted else ():
                 self.metrics.failures.labels(model.name, failure.reason).inc()
         per_scale = await self._submit(model, rows, resolved.scales, deadline, disconnected, spans)
-        self.metrics.images.labels(model.name).inc(len(rows) - len(failures))
+        if counted:
+            self.metrics.images.labels(model.name).inc(len(rows) - len(failures))
         if resolved.scales == (1.0,) and not resolved.whiten:
             return Answer(model, per_scale[0], failures, geometries, resolved.fingerprint)
         outputs = combine(per_scale, resolved, model.whitening)
@@ -318,7 +332,7 @@ class Engine:
         image that fails here gets no box, and fails again, with its index, in the pass that follows."""
         first = Call(images=images, outputs=(ATTENTION,), on_error="skip",
                      descriptor=Descriptor(view="full", size=resolved.size))  # fmt: skip
-        answer = await self.run(model, first, deadline=deadline, disconnected=disconnected)
+        answer = await self._run(model, first, deadline, disconnected, counted=False)
         geometries = answer.geometries or [None] * len(images)
         return [
             None if out is None or geo is None else _as_box(attention_box(out[ATTENTION], geo))

@@ -368,7 +368,10 @@ def test_region_attention_cuts_each_image_to_its_own_attention_box(
 
             first = await ask(Descriptor(view="full"), ("attention",))
             box = attention_box(first.outputs[0]["attention"], first.geometries[0])
+            answered = engine.metrics.images.labels("vit_tiny")
+            before = answered._value.get()
             by_attention = await ask(Descriptor(view="full", region="attention", scales=PAPER_SCALES))
+            assert answered._value.get() - before == 1  # the first pass is not counted as an answer
             explicit = await ask(Descriptor(view="full", region=tuple(map(float, box)), scales=PAPER_SCALES))
             return by_attention, explicit, box
 
