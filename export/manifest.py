@@ -6,6 +6,7 @@ service relies on cannot be missing or of the wrong type; the exporter's extra f
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -99,4 +100,8 @@ def toolchain() -> dict[str, str]:
 
 
 def write_manifest(manifest: Manifest, path: Path) -> None:
-    path.write_text(manifest.to_json())
+    """Written beside `path`, then renamed onto it: a server polling the folder reads the whole manifest
+    or none, never half of one."""
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(manifest.to_json())
+    os.replace(partial, path)
