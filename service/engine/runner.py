@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -29,9 +30,23 @@ class Runner(Protocol):
     def run(self, images: np.ndarray, scale: float = 1.0) -> dict[str, np.ndarray]: ...
 
 
-# (model.onnx, providers, intra-op threads, spinning, provider options) -> a runner; `OnnxRunner`
-# itself in production. Taken as a parameter so a caller can wrap the real session (tests inject faults).
-RunnerFactory = Callable[[Path, list[str] | None, int, bool, ProviderOptions | None], Runner]
+@dataclass(frozen=True, eq=False)
+class Graph:
+    """A model.onnx read once: its bytes are what was hashed against the manifest and what every session
+    opens, so a file rewritten between the check and the load can never be served under the old hash."""
+
+    path: Path
+    data: bytes = field(repr=False)
+
+    @classmethod
+    def read(cls, path: Path | str) -> Graph:
+        path = Path(path)
+        return cls(path, path.read_bytes())
+
+
+# (graph, providers, intra-op threads, spinning, provider options) -> a runner; `OnnxRunner` itself in
+# production. Taken as a parameter so a caller can wrap the real session (tests inject faults).
+RunnerFactory = Callable[[Graph, list[str] | None, int, bool, ProviderOptions | None], Runner]
 
 
 class ProviderError(RuntimeError):
@@ -54,13 +69,15 @@ class OnnxRunner:
 
     def __init__(
         self,
-        model_path: Path | str,
+        graph: Graph | Path | str,
         providers: list[str] | None,
         intra_op_threads: int,
         spinning: bool = True,
         options: ProviderOptions | None = None,
     ) -> None:
         wanted = choose_providers(providers)
+        graph = graph if isinstance(graph, Graph) else Graph.read(graph)
+        model_path = graph.path
         options = options or ProviderOptions()
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = max(1, intra_op_threads)
@@ -72,8 +89,8 @@ class OnnxRunner:
         # bounded, so an idle server burns no CPU (measured: 0.03 s CPU over 2 s idle).
         opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         opts.log_severity_level = 3
-        session_providers = options.session_providers(wanted, Path(model_path).parent)
-        self.session = ort.InferenceSession(str(model_path), sess_options=opts, providers=session_providers)
+        session_providers = options.session_providers(wanted, model_path.parent)
+        self.session = ort.InferenceSession(graph.data, sess_options=opts, providers=session_providers)
         log.info("session", extra={"model_path": str(model_path), "providers": session_providers})
         active = self.session.get_providers()
         self.provider: str = active[0]

@@ -6,30 +6,37 @@ another model's fingerprint, and a retrieval index would mix vectors of differen
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
 
+from simpool_serve.service.engine.errors import Incomplete
 from simpool_serve.service.engine.providers import ProviderOptions
-from simpool_serve.service.engine.runner import OnnxRunner, ProviderError, Runner, RunnerFactory
-from simpool_serve.spec import ATTENTION, EMBEDDING, LOGITS, Manifest, sha256_file
+from simpool_serve.service.engine.runner import Graph, OnnxRunner, ProviderError, Runner, RunnerFactory
+from simpool_serve.spec import ATTENTION, EMBEDDING, LOGITS, Manifest
 
 
 class ModelMismatchError(ValueError):
     """A model.onnx that is not the graph its manifest.json describes."""
 
 
+class GraphIncomplete(ModelMismatchError, Incomplete):
+    """A model.onnx whose bytes are not the ones its manifest names: another graph, or one still being
+    written (`poll` waits for the folder to be complete)."""
+
+
 class GraphLoadError(ValueError):
     """A model.onnx that onnxruntime cannot open (truncated, corrupt, not ONNX)."""
 
 
-def check_graph_file(path: Path, manifest: Manifest) -> None:
+def check_graph(graph: Graph, manifest: Manifest) -> None:
     """Refuses a model.onnx whose bytes are not the ones the manifest's `onnx_sha256` names."""
-    actual = sha256_file(path)
+    actual = hashlib.sha256(graph.data).hexdigest()
     expected = manifest.onnx_sha256.strip().lower()
     if actual != expected:
-        raise ModelMismatchError(
-            f"{path.parent}: model.onnx is not the graph manifest.json describes "
+        raise GraphIncomplete(
+            f"{graph.path.parent}: model.onnx is not the graph manifest.json describes "
             f"(its sha256 is {actual[:12]}..., the manifest's onnx_sha256 is {expected[:12]}...); "
             "re-export the model, or copy model.onnx and manifest.json together"
         )
@@ -63,7 +70,7 @@ def check_outputs(path: Path, manifest: Manifest, outputs: dict[str, np.ndarray]
 
 
 def open_verified(
-    path: Path,
+    graph: Graph,
     manifest: Manifest,
     providers: list[str] | None,
     threads: int,
@@ -71,11 +78,13 @@ def open_verified(
     options: ProviderOptions | None = None,
     factory: RunnerFactory = OnnxRunner,
 ) -> Runner:
-    """A session on `path`, once the file is the graph the manifest names and its input size and output
-    shapes (one batch-1 run) are the ones the manifest describes."""
-    check_graph_file(path, manifest)  # first: a wrong graph is refused before its session
+    """A session on `graph`, once its bytes are the graph the manifest names and its input size and
+    output shapes (one batch-1 run) are the ones the manifest describes. The bytes hashed are the bytes
+    opened: the file is read once, before both."""
+    check_graph(graph, manifest)  # first: a wrong graph is refused before its session
+    path = graph.path
     try:
-        runner = factory(path, providers, threads, spinning, options)
+        runner = factory(graph, providers, threads, spinning, options)
     except ProviderError:
         raise
     except Exception as exc:  # onnxruntime's own errors (InvalidProtobuf, Fail, ...) share no base class
