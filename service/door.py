@@ -1,4 +1,4 @@
-"""The one path every door takes: deadline → read → model → call → run → encode.
+"""The one path every door takes: deadline → read → model (leased) → call → run → encode.
 
 A door translates one protocol onto the engine, as LitServe's decode → predict → encode hooks do: it
 fills in the hooks of `Door` and `serve` runs them in this fixed order. So every door, whatever its
@@ -67,14 +67,15 @@ async def serve(
     error, for the door's own mapping onto its protocol."""
     deadline = door.deadline(engine)
     req = await door.read(engine, deadline)
-    model = engine.model(door.model_name(req))
-    try:
-        call = door.call(req, model)
-    except BaseException:
-        label(model.name, 0, model.fingerprint)
-        raise
-    label(model.name, call.count, model.fingerprint)
-    result = await door.run(engine, model, call, deadline, disconnected)
+    # The version found here answers the request: a reload meanwhile closes it only after this block.
+    with engine.lease(door.model_name(req)) as model:
+        try:
+            call = door.call(req, model)
+        except BaseException:
+            label(model.name, 0, model.fingerprint)
+            raise
+        label(model.name, call.count, model.fingerprint)
+        result = await door.run(engine, model, call, deadline, disconnected)
     start = time.perf_counter()
     answer = door.encode(req, model, result)
     engine.metrics.stage_duration.labels(model.name, "encode").observe(time.perf_counter() - start)

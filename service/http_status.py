@@ -13,6 +13,7 @@ Failure = EngineError | Refusal
 
 STATUS: dict[Kind | RefusalKind, int] = {
     Kind.BAD_IMAGE: 400,
+    Kind.LOAD_FAILED: 400,  # as Triton answers a failed load
     RefusalKind.UNAUTHENTICATED: 401,
     RefusalKind.FORBIDDEN: 403,
     Kind.NOT_FOUND: 404,

@@ -49,4 +49,10 @@ class Metrics:
             "simpool_model_info", "1 per served model, with its execution provider and fingerprint.",
             ["model", "provider", "fingerprint"], registry=r,
         )  # fmt: skip
+        self.model_loads = Counter(
+            "simpool_model_loads",
+            "Model loads and reloads: loaded (a new model), reloaded (a new version swapped in), failed (the "
+            "serving version, if any, kept).",
+            ["model", "outcome"], registry=r,
+        )  # fmt: skip
         self.ready = Gauge("simpool_ready", "1 once every model is loaded and warmed up.", registry=r)

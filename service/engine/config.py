@@ -41,6 +41,17 @@ class EngineConfig(BaseSettings):
         None,
         description="Model used when a request names none; default: the only model, or the first by name.",
     )
+    model_control: Literal["none", "poll", "explicit"] = Field(
+        "none",
+        description="How models come and go (as Triton's --model-control-mode): none = the folders found at "
+        "start; poll = rescan the model directory every SIMPOOL_POLL_S; explicit = the repository API and "
+        "SIMPOOL_LOAD_MODELS only.",
+    )
+    poll_s: float = Field(5.0, gt=0, le=3600, description="Seconds between rescans under model_control=poll.")
+    load_models: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Folders loaded at start under model_control=explicit, comma-separated.",
+    )
 
     # Batching and back-pressure.
     max_batch_size: int = Field(
@@ -119,6 +130,18 @@ class EngineConfig(BaseSettings):
             items = [p.strip() for p in value.split(",") if p.strip()]
             return items or None
         return value
+
+    @field_validator("load_models", mode="before")
+    @classmethod
+    def _split_models(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [m.strip() for m in value.split(",") if m.strip()]
+        return value
+
+    @field_validator("model_control", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("default_model", mode="before")
     @classmethod

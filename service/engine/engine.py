@@ -15,7 +15,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -29,14 +29,22 @@ from simpool_serve.service.engine.config import EngineConfig
 from simpool_serve.service.engine.decode import Decoder, Payload
 from simpool_serve.service.engine.descriptor import CROP, Box, Descriptor, Resolved, resolve
 from simpool_serve.service.engine.errors import EngineError, Kind, not_ready
-from simpool_serve.service.engine.models import LoadedModel, ModelFolder, default_model, discover, load_model
+from simpool_serve.service.engine.models import (
+    LoadedModel,
+    ModelFolder,
+    default_model,
+    discover,
+    folder_names,
+    load_model,
+)
 from simpool_serve.service.engine.overlay import attention_png
 from simpool_serve.service.engine.plan import ThreadPlan
 from simpool_serve.service.engine.preprocess import Geometry, ImageError, own_pixel_limit
+from simpool_serve.service.engine.repository import Repository, describe
 from simpool_serve.service.engine.runner import OnnxRunner, RunnerFactory
 from simpool_serve.service.engine.whitening import Whitening
 from simpool_serve.service.metrics import Metrics
-from simpool_serve.spec import ATTENTION, EMBEDDING, LOGITS
+from simpool_serve.spec import ATTENTION, EMBEDDING, LOGITS, ManifestError
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Tracer
@@ -112,16 +120,18 @@ class Engine:
         config: EngineConfig,
         metrics: Metrics,
         folders: Mapping[str, ModelFolder],
-        default: str,
+        default: str | None,
         runner_factory: RunnerFactory = OnnxRunner,
         tracer: Tracer | None = None,
     ) -> None:
+        """`folders`: the models `load` loads (under `poll`, also whatever the first rescan finds);
+        `default`: the model of requests that name none (None: they must name one)."""
         self.config = config
         self._tracer = tracer  # None: tracing is off, and no span site runs
         self.limits = config.limits
         self._runner_factory = runner_factory
         self.metrics = metrics
-        self.folders: Mapping[str, ModelFolder] = MappingProxyType(dict(folders))
+        self._initial: Mapping[str, ModelFolder] = MappingProxyType(dict(folders))
         self.default = default
         self.plan = ThreadPlan.resolve(config)
         plan = self.plan
@@ -129,7 +139,9 @@ class Engine:
         self._pool = ThreadPoolExecutor(
             plan.decode_workers, thread_name_prefix="compute" if plan.shared_pool else "decode"
         )
-        self._model_pools: list[ThreadPoolExecutor] = []  # each model's inference threads, if not shared
+        # Graphs are read, verified and warmed here, so a reload under traffic takes no thread that
+        # decodes or runs requests.
+        self._loader = ThreadPoolExecutor(1, thread_name_prefix="load")
         self._decoder = Decoder(self.limits, config.jpeg_draft, metrics)
         # One request decodes at most this many of its images at once, so the pool's queue interleaves
         # requests: a 64-image request of 50-megapixel PNGs made a lone image wait 15.7 s when all 64 were
@@ -138,7 +150,11 @@ class Engine:
         # PNG overlays in progress at once: each holds its decoded original (3 bytes a pixel, 150 MB at
         # 50 MP) from decoding until its PNG is written; beyond this, requests wait (up to their deadline).
         self._overlay_slots = asyncio.Semaphore(2 * plan.decode_workers)
-        self._models: dict[str, LoadedModel] = {}
+        self._repository = Repository(config.model_dir, self._open_model, self._close_model, metrics)
+        self._poller: asyncio.Task[None] | None = None
+        starting = folder_names(config.model_dir) if config.model_control == "poll" else self._initial
+        for name in starting:  # until `load` gets to them, their requests are told to come back
+            self._repository.set_note(name, "LOADING", "waiting to load")
         self._loaded = False
         self.load_error: str | None = None
         own_pixel_limit()
@@ -161,55 +177,135 @@ class Engine:
         runner_factory: RunnerFactory = OnnxRunner,
         tracer: Tracer | None = None,
     ) -> Engine:
-        """The engine of `config.model_dir`; raises `ManifestError` for a broken repository."""
-        folders = discover(config.model_dir)
-        default = default_model(folders, config.default_model)
+        """The engine of `config.model_dir` under its model control mode; raises `ManifestError` for a
+        repository it cannot start with (`none`: a broken or empty one; `explicit`: a named model that is
+        missing or broken)."""
+        if config.model_control == "none":
+            folders = discover(config.model_dir)
+            return cls(
+                config, metrics, folders, default_model(folders, config.default_model), runner_factory, tracer
+            )
+        if not config.model_dir.is_dir():
+            raise ManifestError(f"model directory {config.model_dir} does not exist")
+        if config.model_control == "poll":
+            names = folder_names(config.model_dir)
+            folders = {}  # the first rescan reads them, and a broken one does not stop the start
+        else:
+            names = list(dict.fromkeys(config.load_models))
+            folders = {name: ModelFolder.read(config.model_dir / name) for name in names}
+        default = config.default_model or (sorted(names)[0] if names else None)
         return cls(config, metrics, folders, default, runner_factory, tracer)
 
     # -- models and readiness --------------------------------------------------------------------
 
     @property
     def models(self) -> Mapping[str, LoadedModel]:
-        """The models loaded so far (all of `folders` once ready)."""
-        return MappingProxyType(self._models)
+        """The models serving now, by name."""
+        return MappingProxyType(self._repository.models)
 
     async def load(self) -> None:
-        """Loads, verifies and warms every model in turn (the peak memory of one load), then is ready.
+        """Loads, verifies and warms the starting models in turn (the peak memory of one load), then is
+        ready; under `poll`, rescans the model directory from then on.
 
-        A failure is kept for `not_ready_reason` and raised; the models loaded before it keep serving.
+        Under `none` and `explicit` a failure is kept for `not_ready_reason` and raised; the models
+        loaded before it keep serving. Under `poll` a folder that fails is noted in the index and
+        tried again when its files change.
         """
+        repo = self._repository
         try:
-            for folder in self.folders.values():
-                if self.plan.shared_pool:
-                    executor = self._pool
-                else:
-                    executor = ThreadPoolExecutor(self.plan.lanes, thread_name_prefix=f"infer-{folder.name}")
-                    self._model_pools.append(executor)
-                model = await load_model(
-                    folder, self.config, self.plan, self.metrics, executor, self._runner_factory
-                )
-                self._models[folder.name] = model
+            if self.config.model_control == "poll":
+                await repo.rescan()
+            else:
+                for name, folder in self._initial.items():
+                    await repo.load(name, folder)
         except Exception as exc:
             self.load_error = f"{type(exc).__name__}: {exc}"
+            for name in self._initial:
+                if repo.version(name) is None and (note := repo.note(name)) and note.state == "LOADING":
+                    repo.set_note(name, "UNAVAILABLE", f"not loaded: {self.load_error}")
             raise
         self._loaded = True
         self.metrics.ready.set(1)
+        if self.config.model_control == "poll":
+            self._poller = asyncio.get_running_loop().create_task(self._poll(), name="poll-models")
+            self._poller.add_done_callback(_poller_ended)
         log.info(
             "ready: every model is loaded and warmed up; serving requests",
-            extra={"models": sorted(self._models), "default_model": self.default},
-        )
+            extra={"models": sorted(repo.models), "default_model": self.default,
+                   "model_control": self.config.model_control},
+        )  # fmt: skip
+
+    async def _poll(self) -> None:
+        """Rescans the model directory every `poll_s` until closed; a failed pass is logged, never fatal."""
+        while True:
+            await asyncio.sleep(self.config.poll_s)
+            try:
+                await self._repository.rescan()
+            except Exception:
+                log.exception(
+                    "rescanning the model directory failed; trying again in %s s", self.config.poll_s
+                )
+
+    async def load_model(self, name: str) -> LoadedModel:
+        """Loads or reloads `name` from its folder in the model directory, once verified and warm
+        (LOAD_FAILED saying why not; the serving version, if any, stays)."""
+        path = self.config.model_dir / name
+        if name != path.name or not path.is_dir():
+            shown = name if len(name) <= 100 else f"{name[:100]}..."
+            raise EngineError(
+                Kind.LOAD_FAILED,
+                f"no model folder {shown!r} in the model directory; its folders: "
+                f"{folder_names(self.config.model_dir)}",
+                "unknown_model",
+            )
+        try:
+            await self._repository.load(name)
+        except Exception as exc:  # logged, counted and noted for the index by the repository
+            raise EngineError(
+                Kind.LOAD_FAILED, f"failed to load model {name!r}: {describe(exc)}", "load_failed"
+            ) from exc
+        version = self._repository.version(name)
+        assert version is not None
+        return version.model
+
+    async def unload_model(self, name: str) -> bool:
+        """Stops serving `name` once the requests holding it are answered; False when it was not served."""
+        return await self._repository.unload(name)
+
+    async def _open_model(self, folder: ModelFolder) -> LoadedModel:
+        if self.plan.shared_pool:
+            executor = self._pool
+        else:
+            executor = ThreadPoolExecutor(self.plan.lanes, thread_name_prefix=f"infer-{folder.name}")
+        try:
+            return await load_model(
+                folder, self.config, self.plan, self.metrics, executor, self._runner_factory, self._loader
+            )
+        except BaseException:
+            if executor is not self._pool:
+                executor.shutdown(wait=False)
+            raise
+
+    async def _close_model(self, model: LoadedModel) -> None:
+        """Answers what the model's batcher holds, then stops its threads; the caller drops it."""
+        await model.batcher.close()
+        if model.executor is not self._pool:
+            model.executor.shutdown(wait=False)  # its batches are done
+        with contextlib.suppress(KeyError):
+            self.metrics.model_info.remove(model.name, model.provider, model.fingerprint)
 
     def not_ready_reason(self) -> str | None:
-        """Why the engine cannot answer every model now, or None when it can."""
+        """Why the engine cannot answer every model it serves now, or None when it can."""
         if self.load_error is not None:
             return f"model loading failed: {self.load_error}"
         if not self._loaded:
             return "models are loading"
-        dead = [m.name for m in self._models.values() if not m.batcher.alive]
+        served = self._repository.models.values()
+        dead = [m.name for m in served if not m.batcher.alive]
         if dead:
             return f"models not serving: {dead}"
         limit = self.config.unready_after_failed_batches
-        failing = [m.batcher for m in self._models.values() if limit and m.batcher.failed_in_a_row >= limit]
+        failing = [m.batcher for m in served if limit and m.batcher.failed_in_a_row >= limit]
         if failing:
             return "; ".join(
                 f"model {b.model!r} is failing: its last {b.failed_in_a_row} batches failed "
@@ -219,32 +315,69 @@ class Engine:
         return None
 
     def model(self, name: str | None) -> LoadedModel:
-        """The model named (None: the default); NOT_FOUND when the repository has none, NOT_READY while
-        it loads."""
-        wanted = self.default if name is None else name
-        model = self._models.get(wanted)
-        if model is not None:
-            return model
-        if wanted in self.folders:
-            raise not_ready(f"model {wanted!r} is still loading", retry_after_s=5)
+        """The model named (None: the default) as it serves now; NOT_FOUND when none serves under that
+        name, NOT_READY while it loads. A request that runs the model holds it with `lease`."""
+        wanted = self._wanted(name)
+        version = self._repository.version(wanted)
+        if version is None:
+            raise self._missing(wanted, name is None)
+        return version.model
+
+    @contextlib.contextmanager
+    def lease(self, name: str | None) -> Iterator[LoadedModel]:
+        """`model(name)`, kept serving until the block ends: a reload or unload meanwhile closes this
+        version only after, so the request finishes on the version it started on."""
+        wanted = self._wanted(name)
+        version = self._repository.version(wanted)
+        if version is None:
+            raise self._missing(wanted, name is None)
+        with version.hold() as model:
+            yield model
+
+    def _wanted(self, name: str | None) -> str:
+        if name is not None:
+            return name
+        if self.default is None:
+            raise EngineError(
+                Kind.NOT_FOUND,
+                "no default model is loaded: name the model (SIMPOOL_DEFAULT_MODEL sets a default)",
+                "unknown_model",
+            )
+        return self.default
+
+    def _missing(self, wanted: str, by_default: bool) -> EngineError:
+        note = self._repository.note(wanted)
+        if note is not None and note.state == "LOADING":
+            return not_ready(f"model {wanted!r} is still loading", retry_after_s=5)
+        served = sorted(self._repository.models)
+        if note is not None and note.state == "UNAVAILABLE" and note.reason.startswith("incomplete"):
+            return not_ready(
+                f"model {wanted!r} is not loaded yet: its folder is {note.reason}", retry_after_s=5
+            )
+        if by_default:
+            return EngineError(
+                Kind.NOT_FOUND,
+                f"no default model is loaded: the default model {wanted!r} is not served (served: {served})",
+                "unknown_model",
+            )
         shown = wanted if len(wanted) <= 100 else f"{wanted[:100]}..."  # not echoed whole
-        raise EngineError(
-            Kind.NOT_FOUND, f"unknown model {shown!r}; served: {sorted(self.folders)}", "unknown_model"
-        )
+        why = f" ({note.reason})" if note is not None else ""
+        return EngineError(Kind.NOT_FOUND, f"unknown model {shown!r}{why}; served: {served}", "unknown_model")
 
     def repository(self) -> list[RepositoryEntry]:
-        """Every model folder and its state, sorted by name; every door's repository index."""
+        """Every model the repository holds and its state, sorted by name; every door's repository index."""
         entries = []
-        for name in sorted(self.folders):
-            model = self._models.get(name)
-            if model is not None and model.batcher.alive:
-                entries.append(RepositoryEntry(name, "1", "READY", ""))
-            elif model is not None:
+        for name in self._repository.names():
+            version = self._repository.version(name)
+            note = self._repository.note(name)
+            if version is not None and not version.model.batcher.alive:
                 entries.append(RepositoryEntry(name, "1", "UNAVAILABLE", "its batcher has stopped"))
-            elif self.load_error is not None:
-                entries.append(RepositoryEntry(name, "1", "UNAVAILABLE", f"not loaded: {self.load_error}"))
+            elif version is not None:
+                entries.append(RepositoryEntry(name, "1", "READY", note.reason if note else ""))
+            elif note is not None:
+                entries.append(RepositoryEntry(name, "1", note.state, note.reason))
             else:
-                entries.append(RepositoryEntry(name, "1", "LOADING", "loading"))
+                entries.append(RepositoryEntry(name, "1", "UNAVAILABLE", "not loaded"))
         return entries
 
     def deadline(self) -> float:
@@ -556,13 +689,20 @@ class Engine:
         return job.future.result()
 
     async def close(self) -> None:
-        """Drains every batcher (answers what was accepted), then stops the threads."""
+        """Stops rescanning, drains every batcher (answers what was accepted), then stops the threads."""
         self.metrics.ready.set(0)
-        for model in self._models.values():
-            await model.batcher.close()
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+        await self._repository.close()
         self._pool.shutdown(wait=True)
-        for pool in self._model_pools:
-            pool.shutdown(wait=True)
+        self._loader.shutdown(wait=True)
+
+
+def _poller_ended(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:  # _poll catches every pass's error
+        log.error("the model directory poller stopped", exc_info=task.exception())
 
 
 def combine(

@@ -20,6 +20,7 @@ class Kind(StrEnum):
     OVERLOADED = "overloaded"  # the model's queue is full: come back after `retry_after_s`
     NOT_READY = "not_ready"  # loading, stopped or failing: come back after `retry_after_s`
     TIMEOUT = "timeout"  # the request's deadline passed
+    LOAD_FAILED = "load_failed"  # a model (re)load asked for failed: the serving version is kept
 
 
 class EngineError(Exception):
@@ -41,6 +42,12 @@ def overloaded(detail: str, reason: str = "queue_full", retry_after_s: int = 1) 
 def not_ready(detail: str, reason: str = "not_ready", retry_after_s: int = 1) -> EngineError:
     """A model (or the engine) that cannot answer yet: the client may come back after `retry_after_s`."""
     return EngineError(Kind.NOT_READY, detail, reason, retry_after_s=retry_after_s)
+
+
+class Incomplete(Exception):
+    """A model folder still being written: a graph or whitening whose bytes are not yet the ones its
+    manifest (or settings file) names. Not a failure: under `poll` its previous version keeps serving
+    until the folder is complete."""
 
 
 # A batch that failed inside onnxruntime: the client learns only that, the log gets the traceback.

@@ -1,8 +1,8 @@
-"""The model repository: folders found at start-up, then models loaded and warmed one at a time.
+"""A model folder and a model loaded from it: read, verified, warmed, its batcher running.
 
-A `ModelFolder` is what the repository says (name, files, manifest, fingerprint); a `LoadedModel` is
-built complete once its sessions are verified and warm and its batcher runs. Nothing fills either in
-afterwards: the engine keeps the folders it found and the models it has loaded side by side.
+A `ModelFolder` is what a folder says (name, files, manifest, fingerprint); a `LoadedModel` is built
+complete once its sessions are verified and warm and its batcher runs. Nothing fills either in
+afterwards: a reload builds a new one (`repository.py` swaps them).
 """
 
 from __future__ import annotations
@@ -17,16 +17,44 @@ import numpy as np
 
 from simpool_serve.service.engine.batcher import Batcher
 from simpool_serve.service.engine.config import EngineConfig
+from simpool_serve.service.engine.errors import Incomplete
 from simpool_serve.service.engine.plan import ThreadPlan
 from simpool_serve.service.engine.providers import ProviderOptions
-from simpool_serve.service.engine.runner import OnnxRunner, Runner, RunnerFactory
+from simpool_serve.service.engine.runner import Graph, OnnxRunner, Runner, RunnerFactory
 from simpool_serve.service.engine.verify import open_verified
+from simpool_serve.service.engine.whitening import JSON as WHITENING_JSON
+from simpool_serve.service.engine.whitening import NPZ as WHITENING_NPZ
 from simpool_serve.service.engine.whitening import Whitening, WhiteningMissing
 from simpool_serve.service.engine.whitening import load as load_whitening
 from simpool_serve.service.metrics import Metrics
 from simpool_serve.spec import LOGITS, Manifest, ManifestError, fingerprint, load_manifest
 
 log = logging.getLogger("simpool_serve.models")
+
+GRAPH = "model.onnx"
+MANIFEST = "manifest.json"
+# What a model is made of: a change to any of these is a new version. Nothing else in the folder counts
+# (the TensorRT cache the service writes there, a user's notes).
+MODEL_FILES = (GRAPH, MANIFEST, WHITENING_NPZ, WHITENING_JSON)
+# Each file's (inode, size, mtime) or None: equal signatures, unchanged files.
+Signature = tuple[tuple[int, int, int] | None, ...]
+
+
+class FolderIncomplete(ManifestError, Incomplete):
+    """A model folder without its manifest or graph (yet): an export or a copy in progress."""
+
+
+def signature(folder: Path) -> Signature:
+    """The model files' identities, by `stat` alone (a poll reads no graph that has not changed)."""
+    out: list[tuple[int, int, int] | None] = []
+    for name in MODEL_FILES:
+        try:
+            st = (folder / name).stat()
+        except OSError:
+            out.append(None)
+        else:
+            out.append((st.st_ino, st.st_size, st.st_mtime_ns))
+    return tuple(out)
 
 
 @dataclass(frozen=True, eq=False)
@@ -40,20 +68,32 @@ class ModelFolder:
 
     @classmethod
     def read(cls, folder: Path, name: str | None = None) -> ModelFolder:
-        if not (folder / "model.onnx").is_file():
-            raise ManifestError(f"{folder}: manifest.json without model.onnx")
-        manifest = load_manifest(folder / "manifest.json")
-        return cls(name or folder.name, folder / "model.onnx", manifest, fingerprint(manifest))
+        if not (folder / MANIFEST).is_file():
+            raise FolderIncomplete(f"{folder}: no manifest.json")
+        if not (folder / GRAPH).is_file():
+            raise FolderIncomplete(f"{folder}: manifest.json without model.onnx")
+        manifest = load_manifest(folder / MANIFEST)
+        return cls(name or folder.name, folder / GRAPH, manifest, fingerprint(manifest))
 
 
-def discover(model_dir: Path) -> dict[str, ModelFolder]:
-    """Reads every `NAME/manifest.json` (+ `model.onnx`) under `model_dir`; refuses a broken repository."""
+def folder_names(model_dir: Path) -> list[str]:
+    """The model folders under `model_dir` (those with a manifest.json), sorted; [] when it is gone."""
+    try:
+        entries = sorted(model_dir.iterdir())
+    except OSError:
+        return []
+    return [p.name for p in entries if p.is_dir() and (p / MANIFEST).is_file()]
+
+
+def discover(model_dir: Path, *, allow_empty: bool = False) -> dict[str, ModelFolder]:
+    """Reads every `NAME/manifest.json` (+ `model.onnx`) under `model_dir`; refuses a broken repository
+    (and an empty one unless `allow_empty`)."""
     if not model_dir.is_dir():
         raise ManifestError(f"model directory {model_dir} does not exist")
-    folders = [p for p in sorted(model_dir.iterdir()) if p.is_dir() and (p / "manifest.json").is_file()]
-    if not folders:
+    names = folder_names(model_dir)
+    if not names and not allow_empty:
         raise ManifestError(f"no model folder (NAME/manifest.json + NAME/model.onnx) under {model_dir}")
-    return {f.name: ModelFolder.read(f) for f in folders}
+    return {name: ModelFolder.read(model_dir / name) for name in names}
 
 
 def default_model(folders: dict[str, ModelFolder], wanted: str | None) -> str:
@@ -109,13 +149,15 @@ class LoadedModel:
 def _open_and_warm(
     folder: ModelFolder, config: EngineConfig, plan: ThreadPlan, factory: RunnerFactory
 ) -> tuple[Runner, Runner | None, int]:
-    """In an inference thread: verify the graph, create the session(s), run each at every batch size."""
+    """In a loading thread: read the graph once, verify those bytes, open the session(s) on them, and
+    run each at every batch size."""
     size = folder.manifest.input_size
     manifest = folder.manifest
     min_side = (manifest.min_side or 16) if manifest.dynamic_size else None
     options = ProviderOptions.from_config(config, size, plan.accelerator_batch_size, min_side)
+    graph = Graph.read(folder.path)
     runner = open_verified(
-        folder.path,
+        graph,
         folder.manifest,
         config.providers,
         plan.intra_op_threads,
@@ -125,7 +167,8 @@ def _open_and_warm(
     )
     lane_runner = None
     if plan.lanes > 1:  # the same graph and provider; only the thread count differs
-        lane_runner = factory(folder.path, [runner.provider], plan.lane_threads, config.ort_spinning, options)
+        lane_runner = factory(graph, [runner.provider], plan.lane_threads, config.ort_spinning, options)
+    del graph  # the sessions hold what they need; the file's bytes need not outlive the load
     max_batch = plan.batch_size_for(runner.provider)
     for n in range(1, max_batch + 1):
         batch = np.zeros((n, size, size, 3), dtype=np.uint8)
@@ -142,13 +185,15 @@ async def load_model(
     metrics: Metrics,
     executor: Executor,
     factory: RunnerFactory = OnnxRunner,
+    loader: Executor | None = None,
 ) -> LoadedModel:
-    """Opens, verifies and warms `folder` in `executor`, then starts its batcher on this event loop."""
+    """Opens, verifies and warms `folder` in `loader` (default: `executor`), then starts its batcher on
+    this event loop, running its batches in `executor`."""
     whitening = _whitening(folder)  # before the sessions: a broken file fails the load at once
     loop = asyncio.get_running_loop()
     started = loop.time()
     runner, lane_runner, max_batch = await loop.run_in_executor(
-        executor, _open_and_warm, folder, config, plan, factory
+        loader or executor, _open_and_warm, folder, config, plan, factory
     )
     batcher = Batcher(
         folder.name,

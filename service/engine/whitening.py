@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from simpool_serve.service.engine.errors import Incomplete
+
 NPZ = "whitening.npz"
 JSON = "whitening.json"
 DEFAULT_DIMS = 256
@@ -47,6 +49,10 @@ class TooFewImages(WhiteningError):
 
 class WhiteningMissing(WhiteningError):
     """The model folder has no fitted whitening."""
+
+
+class WhiteningIncomplete(WhiteningError, Incomplete):
+    """`whitening.npz` is not the file `whitening.json` names: another fit, or one still being written."""
 
 
 def round_scales(scales: Sequence[float]) -> list[float]:
@@ -192,7 +198,7 @@ def load(folder: Path | str) -> Whitening:
             f"cannot read the whitening in {folder} ({exc}); run simpool-whiten again"
         ) from exc
     if not isinstance(settings, dict) or hashlib.sha256(payload).hexdigest() != settings.get("sha256"):
-        raise WhiteningError(f"{npz_path} does not match {json_path}; run simpool-whiten again")
+        raise WhiteningIncomplete(f"{npz_path} does not match {json_path}; run simpool-whiten again")
     try:
         with np.load(io.BytesIO(payload), allow_pickle=False) as npz:
             mean, projection, values = (np.asarray(npz[key], dtype=np.float64) for key in _ARRAYS)

@@ -16,6 +16,7 @@ CODE: dict[Kind | RefusalKind, grpc.StatusCode] = {
     Kind.BAD_IMAGE: grpc.StatusCode.INVALID_ARGUMENT,
     Kind.TOO_LARGE: grpc.StatusCode.INVALID_ARGUMENT,
     Kind.INVALID: grpc.StatusCode.INVALID_ARGUMENT,
+    Kind.LOAD_FAILED: grpc.StatusCode.INVALID_ARGUMENT,
     RefusalKind.UNSUPPORTED_MEDIA: grpc.StatusCode.INVALID_ARGUMENT,
     RefusalKind.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
     RefusalKind.FORBIDDEN: grpc.StatusCode.PERMISSION_DENIED,
