@@ -191,8 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure(settings.log_level)
     logging.getLogger("uvicorn.error").addFilter(_StartupLines())
     try:
-        models = preflight.check_repository(settings.model_dir)
-        preflight.check_default_model(models, settings.default_model)
+        control = settings.model_control
+        models = preflight.check_repository(settings.model_dir, control, settings.load_models)
+        preflight.check_default_model(models, settings.default_model, control, settings.model_dir)
         preflight.check_providers(settings.providers)
         preflight.check_tracing()
         sock = preflight.listen(settings.host, settings.port, settings.backlog)

@@ -14,7 +14,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from simpool_serve.service import tracing
-from simpool_serve.service.engine.models import ModelFolder, default_model, discover
+from simpool_serve.service.engine.models import ModelFolder, default_model, discover, folder_names
 from simpool_serve.service.engine.runner import ProviderError, choose_providers
 from simpool_serve.service.settings import Settings
 from simpool_serve.spec import Manifest, ManifestError
@@ -41,8 +41,49 @@ def settings_error(exc: ValidationError) -> str:
     return "invalid setting: " + "; ".join(parts)
 
 
-def check_repository(model_dir: Path) -> dict[str, ModelFolder]:
-    """The models the server will load (manifests read, nothing loaded); ConfigError if it cannot serve."""
+def check_repository(
+    model_dir: Path, control: str = "none", load_models: list[str] | None = None
+) -> dict[str, ModelFolder]:
+    """The models the server will load at start (manifests read, nothing loaded); ConfigError if it
+    cannot start: under `none` a broken or empty repository, under `explicit` a named model that is
+    missing or broken. Under `poll` an empty repository serves nothing until a folder appears, and a
+    broken folder is reported by the rescan."""
+    _check_folder(model_dir)
+    if control == "poll":
+        return _readable(model_dir)
+    if control == "explicit":
+        return _named(model_dir, load_models or [])
+    return _discover(model_dir)
+
+
+def _readable(model_dir: Path) -> dict[str, ModelFolder]:
+    found = {}
+    for name in folder_names(model_dir):
+        try:
+            found[name] = ModelFolder.read(model_dir / name)
+        except ManifestError:
+            continue  # the rescan logs it, and the repository index shows why
+    return found
+
+
+def _named(model_dir: Path, names: list[str]) -> dict[str, ModelFolder]:
+    present = folder_names(model_dir)
+    missing = [n for n in names if n not in present]
+    if missing:
+        raise ConfigError(
+            f"SIMPOOL_LOAD_MODELS names {missing}, not model folders in {model_dir} (its models: "
+            f"{', '.join(present) or 'none'}); name folders that hold manifest.json and model.onnx"
+        )
+    try:
+        return {name: ModelFolder.read(model_dir / name) for name in names}
+    except ManifestError as exc:
+        message = " ".join(str(exc).split())
+        raise ConfigError(
+            f"{message}; re-export that model (simpool-export) or leave it out of SIMPOOL_LOAD_MODELS"
+        ) from exc
+
+
+def _check_folder(model_dir: Path) -> None:
     shown = str(model_dir)
     if not model_dir.exists():
         raise ConfigError(
@@ -56,6 +97,10 @@ def check_repository(model_dir: Path) -> dict[str, ModelFolder]:
             f"--model-dir {shown} is a single model's folder; pass the repository that holds it: "
             f"--model-dir {model_dir.resolve().parent}"
         )
+
+
+def _discover(model_dir: Path) -> dict[str, ModelFolder]:
+    shown = str(model_dir)
     try:
         models = discover(model_dir)
     except ManifestError as exc:
@@ -70,7 +115,18 @@ def check_repository(model_dir: Path) -> dict[str, ModelFolder]:
     return models
 
 
-def check_default_model(models: dict[str, ModelFolder], wanted: str | None) -> str:
+def check_default_model(
+    models: dict[str, ModelFolder], wanted: str | None, control: str = "none", model_dir: Path | None = None
+) -> str | None:
+    """The default model's name. Under `explicit` it must be a folder of the repository (loaded now or
+    later); under `poll` it may be one still to come."""
+    if control != "none":
+        if wanted is None or control == "poll" or model_dir is None or wanted in folder_names(model_dir):
+            return wanted or (sorted(models)[0] if models else None)
+        raise ConfigError(
+            f"--default-model {wanted} is not a model folder in {model_dir}; set --default-model "
+            f"(SIMPOOL_DEFAULT_MODEL) to one of: {', '.join(folder_names(model_dir))}"
+        )
     try:
         return default_model(models, wanted)
     except ManifestError as exc:

@@ -289,7 +289,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.RepositoryModelLoadRequest, context: Any
     ) -> pb.RepositoryModelLoadResponse:
         async def work(label: Label) -> pb.RepositoryModelLoadResponse:
-            raise repository.control_refused("load", request.model_name)
+            await repository.load(self.engine, request.model_name, request.parameters.keys())
+            return pb.RepositoryModelLoadResponse()
 
         return await self._answer("RepositoryModelLoad", context, work)
 
@@ -297,6 +298,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.RepositoryModelUnloadRequest, context: Any
     ) -> pb.RepositoryModelUnloadResponse:
         async def work(label: Label) -> pb.RepositoryModelUnloadResponse:
-            raise repository.control_refused("unload", request.model_name)
+            await repository.unload(self.engine, request.model_name, request.parameters.keys())
+            return pb.RepositoryModelUnloadResponse()
 
         return await self._answer("RepositoryModelUnload", context, work)

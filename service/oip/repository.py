@@ -1,15 +1,16 @@
 """The Open Inference Protocol's model repository extension, shared by its HTTP and gRPC doors.
 
 The index is the engine's view of every model folder (`Engine.repository`). Loading and unloading
-belong to a model control mode that allows them; this server loads the folders it finds at start
-(Triton's `--model-control-mode=none`), so both are refused, as Triton refuses them in that mode.
+are the `explicit` model control mode's (SIMPOOL_MODEL_CONTROL); under `none` and `poll` the folders
+decide what serves, so both are refused, as Triton refuses them in those modes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
-from simpool_serve.service.engine import Engine
+from simpool_serve.service.engine import Engine, EngineError, Kind
 from simpool_serve.service.refusals import Refusal, forbidden
 
 
@@ -22,10 +23,42 @@ def index(engine: Engine, ready_only: bool = False) -> list[dict[str, Any]]:
     ]
 
 
-def control_refused(action: str, model: str) -> Refusal:
-    """Load or unload under the `none` model control mode: not allowed (HTTP 403, gRPC PERMISSION_DENIED)."""
+_MODES = {
+    "none": "every folder of the model directory is loaded at start",
+    "poll": "the model directory's folders are loaded as they appear, change and go",
+}
+
+
+def control_refused(action: str, model: str, mode: str) -> Refusal:
+    """Load or unload under the `none` or `poll` mode: not allowed (HTTP 403, gRPC PERMISSION_DENIED)."""
     shown = model if len(model) <= 100 else f"{model[:100]}..."
     return forbidden(
-        f"cannot {action} model {shown!r}: the model control mode is 'none' (every folder of the model "
-        "directory is loaded at start); explicit model control is not enabled"
+        f"cannot {action} model {shown!r}: the model control mode is {mode!r} ({_MODES.get(mode, mode)}); "
+        "the repository API loads and unloads under SIMPOOL_MODEL_CONTROL=explicit"
     )
+
+
+def _check(engine: Engine, action: str, model: str, parameters: Iterable[str]) -> None:
+    mode = engine.config.model_control
+    if mode != "explicit":
+        raise control_refused(action, model, mode)
+    overrides = sorted(p for p in parameters if p == "config" or p.startswith("file:"))
+    if overrides:
+        raise EngineError(
+            Kind.INVALID,
+            f"{action} parameters {overrides} are not supported: a model is its folder; write the folder "
+            "(simpool-export), then load it",
+            "malformed",
+        )
+
+
+async def load(engine: Engine, model: str, parameters: Iterable[str] = ()) -> None:
+    """Loads or reloads `model` from its folder; returns once it serves (LOAD_FAILED says why not)."""
+    _check(engine, "load", model, parameters)
+    await engine.load_model(model)
+
+
+async def unload(engine: Engine, model: str, parameters: Iterable[str] = ()) -> None:
+    """Stops serving `model` once its requests in flight are answered (a model not served: nothing)."""
+    _check(engine, "unload", model, parameters)
+    await engine.unload_model(model)

@@ -31,6 +31,7 @@ from simpool_serve.service.oip.schemas import (
     ModelMetadata,
     ModelReady,
     Ready,
+    RepositoryControlRequest,
     RepositoryIndexRequest,
     RepositoryModel,
     ServerMetadata,
@@ -206,19 +207,40 @@ async def repository_index(request: Request, engine: EngineDep) -> list[dict[str
     return repository.index(engine, wanted.ready)
 
 
+_CONTROL_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorOut} for code in (400, 401, 403, 413, 422)
+}
+
+
+async def _parameters(request: Request, engine: Engine) -> list[str]:
+    """The names of a load or unload body's `parameters` (Triton's clients may send `{}` or none)."""
+    body = await read_body(request, engine.limits)
+    try:
+        wanted = RepositoryControlRequest.model_validate_json(body or b"{}")
+    except ValidationError as exc:
+        raise codec.malformed(describe(exc)) from None
+    return list(wanted.parameters)
+
+
 @router.post(
     "/repository/models/{model}/load",
-    summary="Load a model (refused: 403 under the model control mode 'none')",
-    responses={403: {"model": ErrorOut}, 401: {"model": ErrorOut}},
+    summary="Load or reload a model (SIMPOOL_MODEL_CONTROL=explicit; 403 otherwise)",
+    description="Verifies and warms the folder's graph beside the serving version, then swaps it in; "
+    "answers 200 once the model serves, or 400 with the reason (the serving version, if any, stays).",
+    responses=_CONTROL_ERRORS,
 )
-async def repository_load(model: str) -> None:
-    raise repository.control_refused("load", model)
+async def repository_load(request: Request, engine: EngineDep, model: str) -> Response:
+    await repository.load(engine, model, await _parameters(request, engine))
+    return Response(status_code=200)
 
 
 @router.post(
     "/repository/models/{model}/unload",
-    summary="Unload a model (refused: 403 under the model control mode 'none')",
-    responses={403: {"model": ErrorOut}, 401: {"model": ErrorOut}},
+    summary="Unload a model (SIMPOOL_MODEL_CONTROL=explicit; 403 otherwise)",
+    description="New requests get 404 at once; those in flight finish, then its memory is freed. "
+    "Answers 200 once it is closed (also when it was not loaded).",
+    responses=_CONTROL_ERRORS,
 )
-async def repository_unload(model: str) -> None:
-    raise repository.control_refused("unload", model)
+async def repository_unload(request: Request, engine: EngineDep, model: str) -> Response:
+    await repository.unload(engine, model, await _parameters(request, engine))
+    return Response(status_code=200)

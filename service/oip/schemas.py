@@ -116,8 +116,18 @@ class RepositoryIndexRequest(_Open):
     ready: bool = Field(False, description="Only the models ready for inference.")
 
 
+class RepositoryControlRequest(_Open):
+    parameters: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Triton's load options; a `config` or `file:` override is refused (write the folder).",
+    )
+
+
 class RepositoryModel(BaseModel):
     name: str
     version: str
     state: str = Field(description="READY, UNAVAILABLE or LOADING.")
-    reason: str = Field(description="Why the model is not READY; empty when it is.")
+    reason: str = Field(
+        description="Why the model is not READY, or what its READY version hides (a newer version that is "
+        "incomplete or failed to load); empty otherwise."
+    )

@@ -119,7 +119,7 @@ async def embeddings(request: Request, engine: EngineDep) -> Response:
 
 @router.get("/models", summary="Models (OpenAI-compatible)", response_model=ModelsOut, responses=_ERRORS)
 async def models(engine: EngineDep) -> dict[str, Any]:
-    listing = [answers.model_entry(name, folder.manifest) for name, folder in engine.folders.items()]
+    listing = [answers.model_entry(name, served.manifest) for name, served in engine.models.items()]
     return {"object": "list", "data": listing}
 
 
@@ -127,8 +127,8 @@ async def models(engine: EngineDep) -> dict[str, Any]:
     "/models/{model_id}", summary="Model (OpenAI-compatible)", response_model=ModelOut, responses=_ERRORS
 )
 async def model(engine: EngineDep, model_id: str) -> dict[str, Any]:
-    folder = engine.folders.get(model_id)
-    if folder is None:
+    served = engine.models.get(model_id)
+    if served is None:
         shown = model_id if len(model_id) <= 100 else f"{model_id[:100]}..."
         raise EngineError(Kind.NOT_FOUND, f"unknown model {shown!r}", "unknown_model")
-    return answers.model_entry(model_id, folder.manifest)
+    return answers.model_entry(model_id, served.manifest)
