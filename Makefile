@@ -101,9 +101,13 @@ bench: $(STAMP) $(DEFAULT_MODELS)
 	$(BIN)/python bench/run.py --model-dir $(MODEL_REPOSITORY)
 
 # Mixed traffic on every door for SOAK_S seconds; RSS, descriptors, threads, latency and codes over time.
+# SOAK_RELOAD_S=180: the server polls a copy of the repository, and a new version of the model is
+# written every 180 s (a reload soak).
 SOAK_S ?= 600
+SOAK_RELOAD_S ?= 0
 soak: $(STAMP) $(DEFAULT_MODELS)
-	$(BIN)/python bench/soak.py --model-dir $(MODEL_REPOSITORY) --duration $(SOAK_S) --out bench/soak-out
+	$(BIN)/python bench/soak.py --model-dir $(MODEL_REPOSITORY) --duration $(SOAK_S) \
+		--reload-every $(SOAK_RELOAD_S) --out bench/soak-out
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -9,7 +9,13 @@ Goals (exit 1 when one is missed): RSS and descriptors over the second half at m
 start (descriptors: +2 as well, they are few), the second half's p99 at most 3x the first's (after
 warm-up), and no 5xx.
 
+With `--reload-every S` the server polls a copy of the model directory (SIMPOOL_MODEL_CONTROL=poll)
+and the soak writes a new version of the model it sends to every S seconds, as `simpool-export`
+writes one (manifest removed, graph rewritten, manifest written): every swap must happen, and no
+request may fail because of one (a 404 or 503 is an unexpected answer like any other).
+
     python bench/soak.py --model-dir model_repository --duration 600   # starts simpool-serve
+    python bench/soak.py --model-dir model_repository --duration 3600 --reload-every 180
     python bench/soak.py --url http://127.0.0.1:8000 --pid 1234       # a running server
 """
 
@@ -23,6 +29,8 @@ import json
 import os
 import platform
 import random
+import re
+import shutil
 import sys
 import tempfile
 import time
@@ -245,6 +253,10 @@ def print_table(result: dict, meta: dict) -> None:
         f"p99 {g['p99_first_half_ms']} -> {g['p99_second_half_ms']} ms ({verdict(g['p99_stable'])}), "
         f"unexpected answers {g['unexpected'] or 'none'}"
     )
+    if "reloads" in g:
+        r = g["reloads"]
+        done = verdict(g["all_swapped"])
+        print(f"reloads: {r['written']} versions written, {r['swapped']} swapped in ({done})")
 
 
 def plot(result: dict, samples: list[Sample], path: Path) -> None:
@@ -276,18 +288,55 @@ def plot(result: dict, samples: list[Sample], path: Path) -> None:
     fig.savefig(path, dpi=90)
 
 
+class Swapper:
+    """Writes a new version of one model folder every `every` seconds, as an export does; each version's
+    manifest differs (`created_at`), so each is a new fingerprint over the same graph bytes."""
+
+    def __init__(self, folder: Path, every: float) -> None:
+        self.folder = folder
+        self.every = every
+        self.graph = (folder / "model.onnx").read_bytes()
+        self.manifest = json.loads((folder / "manifest.json").read_text())
+        self.written = 0
+
+    def write(self) -> None:
+        self.written += 1
+        (self.folder / "manifest.json").unlink()
+        (self.folder / "model.onnx").write_bytes(self.graph)  # rewritten in place, as an export does
+        time.sleep(0.5)  # the export's own pause between the graph and the manifest, in small
+        manifest = {**self.manifest, "created_at": f"soak version {self.written}"}
+        partial = self.folder / ".manifest.json.partial"
+        partial.write_text(json.dumps(manifest, indent=2))
+        os.replace(partial, self.folder / "manifest.json")
+
+    async def run(self, until: float) -> None:
+        while time.monotonic() + self.every < until:
+            await asyncio.sleep(self.every)
+            await asyncio.to_thread(self.write)
+
+
+def swaps_done(url: str, model: str) -> int:
+    """Reloads the server counted for `model` (simpool_model_loads_total{outcome="reloaded"})."""
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    pattern = rf'simpool_model_loads_total{{model="{re.escape(model)}",outcome="reloaded"}} ([0-9.e+]+)'
+    found = re.search(pattern, text)
+    return int(float(found.group(1))) if found else 0
+
+
 def pick_model(url: str, wanted: str | None) -> tuple[str, bool]:
     models = httpx.get(f"{url}/models", timeout=30).json()["models"]
     chosen = next(m for m in models if (m["name"] == wanted if wanted else m["default"]))
     return chosen["name"], chosen["num_classes"] > 0
 
 
-def soak(url: str, pid: int, args: argparse.Namespace) -> dict:
+def soak(url: str, pid: int, args: argparse.Namespace, model_dir: Path | None = None) -> dict:
+    """`model_dir`: the folder the server polls, where a reload soak writes new versions."""
     model, has_classifier = pick_model(url, args.model)
     traffic = Traffic(url, model, has_classifier, photos())
     width = args.duration / args.windows
     windows = [Window(i * width) for i in range(args.windows)]
     samples: list[Sample] = []
+    swapper = Swapper(model_dir / model, args.reload_every) if model_dir and args.reload_every else None
 
     async def main() -> None:
         started = time.monotonic()
@@ -295,6 +344,7 @@ def soak(url: str, pid: int, args: argparse.Namespace) -> dict:
         await asyncio.gather(
             sampler(pid, until, started, samples, min(5.0, width / 2)),
             *(client_loop(traffic, i, until, started, windows, width) for i in range(args.clients)),
+            *([swapper.run(until)] if swapper else []),
         )
         samples.append(proc_sample(pid, time.monotonic() - started))
 
@@ -306,6 +356,11 @@ def soak(url: str, pid: int, args: argparse.Namespace) -> dict:
         "model": model,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}",
     }
+    if swapper is not None:
+        time.sleep(3 * args.poll_s)  # the last version written is picked up by the next rescan
+        done = swaps_done(url, model)
+        result["goals"]["reloads"] = {"written": swapper.written, "swapped": done}
+        result["goals"]["all_swapped"] = done >= swapper.written
     result["meta"] = meta
     print_table(result, meta)
     if args.out:
@@ -329,20 +384,33 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clients", type=int, default=8, help="concurrent clients (default 8)")
     p.add_argument("--windows", type=int, default=10, help="rows of the table (default 10)")
     p.add_argument("--out", type=Path, default=Path("bench/soak-out"), help="where soak.json and soak.png go")
+    p.add_argument(
+        "--reload-every",
+        type=float,
+        default=0.0,
+        help="write a new version of the model every this many seconds (with --model-dir; 0: never)",
+    )
+    p.add_argument("--poll-s", type=float, default=1.0, help="the server's SIMPOOL_POLL_S in a reload soak")
     args = p.parse_args(argv)
     if args.url:
         if args.pid is None:
             p.error("--url needs --pid (the server's process, read from /proc)")
+        if args.reload_every:
+            p.error("--reload-every needs --model-dir (the soak copies it and writes the new versions)")
         result = soak(args.url, args.pid, args)
     else:
         env = {"SIMPOOL_PROVIDERS": os.environ.get("SIMPOOL_PROVIDERS", "CPUExecutionProvider")}
-        with (
-            tempfile.TemporaryDirectory() as tmp,
-            serve(args.model_dir, env, Path(tmp) / "serve.log") as server,
-        ):
-            result = soak(server.url, server.pid, args)
+        with tempfile.TemporaryDirectory() as tmp:
+            served = args.model_dir
+            if args.reload_every:
+                served = Path(tmp) / "models"
+                shutil.copytree(args.model_dir, served, ignore=shutil.ignore_patterns("trt_cache"))
+                env |= {"SIMPOOL_MODEL_CONTROL": "poll", "SIMPOOL_POLL_S": str(args.poll_s)}
+            with serve(served, env, Path(tmp) / "serve.log") as server:
+                result = soak(server.url, server.pid, args, served if args.reload_every else None)
     g = result["goals"]
-    return 0 if g["rss_flat"] and g["fds_flat"] and g["p99_stable"] and g["all_expected"] else 1
+    ok = g["rss_flat"] and g["fds_flat"] and g["p99_stable"] and g["all_expected"]
+    return 0 if ok and g.get("all_swapped", True) else 1
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ nothing to call, and the collector's pass is all that runs.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
 import gc
 import logging
@@ -18,11 +17,8 @@ log = logging.getLogger("simpool_serve.memory")
 
 @functools.cache
 def _malloc_trim() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
-    try:
-        return ctypes.CDLL(name).malloc_trim
+    try:  # the symbols the process has loaded already (libc's among them); no library search
+        return ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError):  # not glibc
         return None
 
