@@ -17,6 +17,8 @@ from simpool_serve.service.engine import Engine
 from simpool_serve.service.engine.runner import OnnxRunner, RunnerFactory
 from simpool_serve.service.grpc.server import BindError, GrpcServer
 from simpool_serve.service.handlers import install_error_handlers
+from simpool_serve.service.key_file import KeyFileError, KeyFileWatcher
+from simpool_serve.service.keys import KeyRing
 from simpool_serve.service.metrics import Metrics
 from simpool_serve.service.observe import RequestObserver
 from simpool_serve.service.oip import routes as oip
@@ -59,14 +61,30 @@ def create_app(
             if on_fatal is not None:
                 on_fatal(engine.load_error or "loading the models failed")
 
+    def key_ring() -> tuple[KeyRing, KeyFileWatcher | None]:
+        """The accepted API keys and, with a keys file, its watcher (loaded; started by the caller)."""
+        key = settings.api_key.get_secret_value() if settings.api_key is not None else None
+        ring = KeyRing(key, file_configured=settings.api_keys_file is not None)
+        if settings.api_keys_file is None:
+            return ring, None
+        watcher = KeyFileWatcher(settings.api_keys_file, ring)
+        try:
+            watcher.load()
+        except KeyFileError as exc:  # gone or emptied since the CLI's check: nothing to serve with
+            if on_fatal is not None:
+                on_fatal(str(exc))
+            raise
+        return ring, watcher
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        keys, key_watcher = key_ring()
+        app.state.keys = keys
         engine = Engine.from_config(settings.engine_config(), metrics, runner_factory, tracer)
         app.state.engine = engine
         grpc_server = None
         if serve_grpc and settings.grpc_port:
-            key = settings.api_key.get_secret_value() if settings.api_key is not None else None
-            grpc_server = GrpcServer(engine, metrics, key, settings.host, settings.grpc_port, tracer)
+            grpc_server = GrpcServer(engine, metrics, keys, settings.host, settings.grpc_port, tracer)
             app.state.grpc_server = grpc_server  # the CLI stops it at the signal, beside uvicorn's drain
             try:
                 await grpc_server.start()
@@ -76,10 +94,14 @@ def create_app(
                     on_fatal(str(exc))
                 raise
         loader = asyncio.create_task(load(engine), name="load-models")
+        if key_watcher is not None:
+            key_watcher.start()
         try:
             yield
         finally:
             log.info("shutting down: draining the queues")
+            if key_watcher is not None:
+                await key_watcher.stop()
             if grpc_server is not None:
                 await grpc_server.stop(settings.shutdown_grace_s)
             if not loader.done():

@@ -195,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         models = preflight.check_repository(settings.model_dir, control, settings.load_models)
         preflight.check_default_model(models, settings.default_model, control, settings.model_dir)
         preflight.check_providers(settings.providers)
+        preflight.check_api_keys_file(settings.api_keys_file)
         preflight.check_tracing()
         sock = preflight.listen(settings.host, settings.port, settings.backlog)
         try:

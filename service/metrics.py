@@ -18,8 +18,8 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
-            "simpool_requests", "Requests answered, by endpoint, model and HTTP status.",
-            ["endpoint", "model", "code"], registry=r,
+            "simpool_requests", "Requests answered, by endpoint, model, HTTP status and API key name.",
+            ["endpoint", "model", "code", "key"], registry=r,
         )  # fmt: skip
         self.request_duration = Histogram(
             "simpool_request_duration_seconds", "Time from request start to answer, by endpoint.",

@@ -4,6 +4,8 @@ The `endpoint` label is the path template of the route that answered ("other" fo
 so every door's routes are labelled without a list to keep in step. What only the door path learns
 (the model, the number of images) it reports once, with `label_request`; the middleware and the
 error handlers read those `RequestLabels` back (empty when the request failed before naming a model).
+The API-key check reports the name of the key a request sent, with `label_key` (`none` when the
+request sent no accepted key, or needed none): the count and the log line carry the name, never the key.
 """
 
 import logging
@@ -13,12 +15,14 @@ from dataclasses import dataclass
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from simpool_serve.service.keys import NO_KEY
 from simpool_serve.service.metrics import Metrics
 
 log = logging.getLogger("simpool_serve.app")
 
 _QUIET = {"/healthz", "/readyz", "/metrics"}  # probes and scrapes are logged at debug level
 _LABELS = "simpool.labels"  # the scope key of a request's labels
+_KEY = "simpool.key"  # ... and of the name of its API key
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +42,11 @@ SPAN = "simpool.span"  # ... and of its server span, on which the error handlers
 def label_request(conn: HTTPConnection, model: str, images: int, fingerprint: str) -> None:
     """The door path's report of which model the request went to, with how many images."""
     conn.scope[_LABELS] = RequestLabels(model, images, fingerprint)
+
+
+def label_key(conn: HTTPConnection, name: str) -> None:
+    """The API-key check's report of which key (by name) the request was let in with."""
+    conn.scope[_KEY] = name
 
 
 def labels_of(conn: HTTPConnection) -> RequestLabels:
@@ -76,7 +85,8 @@ class RequestObserver:
             endpoint = getattr(route, "path", None) or "other"
             seconds = time.perf_counter() - start
             record = labels_of_scope(scope)
-            self.metrics.requests.labels(endpoint, record.model, str(status)).inc()
+            key = scope.get(_KEY, NO_KEY)
+            self.metrics.requests.labels(endpoint, record.model, str(status), key).inc()
             self.metrics.request_duration.labels(endpoint).observe(seconds)
             extra = {
                 "method": scope["method"],
@@ -84,6 +94,7 @@ class RequestObserver:
                 "model": record.model,
                 "images": record.images,
                 "status": status,
+                "key": key,
                 "duration_ms": round(seconds * 1000, 2),
             }
             if TRACE_ID in scope:

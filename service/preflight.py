@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from simpool_serve.service import tracing
 from simpool_serve.service.engine.models import ModelFolder, default_model, discover, folder_names
 from simpool_serve.service.engine.runner import ProviderError, choose_providers
+from simpool_serve.service.key_file import KeyFileError, read_key_file
 from simpool_serve.service.settings import Settings
 from simpool_serve.spec import Manifest, ManifestError
 
@@ -170,6 +171,17 @@ def listen(host: str, port: int, backlog: int = BACKLOG) -> socket.socket:
     return sock
 
 
+def check_api_keys_file(path: Path | None) -> None:
+    """That the keys file, when one is set, can be read and holds a key (later, a bad file keeps the
+    keys loaded before; at start there are none to keep)."""
+    if path is None:
+        return
+    try:
+        read_key_file(path)
+    except KeyFileError as exc:
+        raise ConfigError(f"{exc}; or unset SIMPOOL_API_KEYS_FILE") from exc
+
+
 def check_tracing() -> None:
     """An `OTEL_*` exporter or protocol this service cannot use."""
     try:
@@ -227,4 +239,5 @@ def _is_random(manifest: Manifest) -> bool:
 
 def exposed(settings: Settings) -> bool:
     """Listening on every interface with no API key: anyone who reaches the port may call the API."""
-    return settings.host in _ALL_INTERFACES and settings.api_key is None
+    keyed = settings.api_key is not None or settings.api_keys_file is not None
+    return settings.host in _ALL_INTERFACES and not keyed

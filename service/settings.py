@@ -2,12 +2,13 @@
 
 Read once, by whoever builds the app (the CLI or a test), never at import time. `Settings` is the
 engine's configuration (`EngineConfig`: repository, batching, limits, threads, providers) plus what
-only a server has (address, API key, logs, connections); the engine is handed `engine_config()` and
+only a server has (address, API keys, logs, connections); the engine is handed `engine_config()` and
 never sees the rest.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
@@ -36,6 +37,11 @@ class Settings(EngineConfig):
     api_key: SecretStr | None = Field(
         None, description="When set, every API call needs `Authorization: Bearer <key>`."
     )
+    api_keys_file: Path | None = Field(
+        None,
+        description="A file of API keys, one `name:key` (or `key`) per line, re-read within 2 s of a "
+        "change; with it, every API call needs one of its keys (or `api_key`).",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     shutdown_grace_s: float = Field(60.0, gt=0, description="Longest a SIGTERM waits for accepted requests.")
 
@@ -52,7 +58,7 @@ class Settings(EngineConfig):
     )
     backlog: int = Field(2048, ge=1, description="Connections the kernel queues before they are accepted.")
 
-    @field_validator("api_key", mode="before")
+    @field_validator("api_key", "api_keys_file", mode="before")
     @classmethod
     def _empty_key_is_none(cls, value: object) -> object:
         return None if value == "" else value

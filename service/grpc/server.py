@@ -19,6 +19,7 @@ from grpc_health.v1.health import aio as health_aio
 from simpool_serve.service.engine import Engine
 from simpool_serve.service.grpc.servicer import InferenceServicer
 from simpool_serve.service.grpc.stubs import grpc_service_pb2_grpc as pb_grpc
+from simpool_serve.service.keys import KeyRing
 from simpool_serve.service.metrics import Metrics
 
 log = logging.getLogger("simpool_serve.grpc")
@@ -54,7 +55,7 @@ class GrpcServer:
         self,
         engine: Engine,
         metrics: Metrics,
-        api_key: str | None,
+        keys: KeyRing,
         host: str,
         port: int,
         tracer: Tracer | None = None,
@@ -70,7 +71,7 @@ class GrpcServer:
             ]
         )
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(engine, metrics, api_key, tracer), self._server
+            InferenceServicer(engine, metrics, keys, tracer), self._server
         )
         self._health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -29,6 +28,7 @@ from simpool_serve.service.grpc.stubs import grpc_service_pb2 as pb
 from simpool_serve.service.grpc.stubs import grpc_service_pb2_grpc as pb_grpc
 from simpool_serve.service.grpc.stubs import model_config_pb2 as mc
 from simpool_serve.service.http_status import Failure
+from simpool_serve.service.keys import NO_KEY, KeyRing
 from simpool_serve.service.metrics import Metrics
 from simpool_serve.service.oip import codec, repository
 from simpool_serve.service.oip import routes as oip
@@ -101,27 +101,28 @@ def _end_span(span: Any, labels: list[Any], code: grpc.StatusCode, status: int) 
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    """One engine's RPCs; `api_key` (None: open) guards every RPC but the probes."""
+    """One engine's RPCs; `keys` (open when none is required) guard every RPC but the probes."""
 
-    def __init__(
-        self, engine: Engine, metrics: Metrics, api_key: str | None, tracer: Tracer | None = None
-    ) -> None:
+    def __init__(self, engine: Engine, metrics: Metrics, keys: KeyRing, tracer: Tracer | None = None) -> None:
         self.engine = engine
         self.metrics = metrics
-        self._key = api_key.encode() if api_key is not None else None
+        self._keys = keys
         self._tracer = tracer  # None: tracing is off
 
     # -- the frame of every RPC ------------------------------------------------------------------
 
-    def _check_key(self, context: grpc.aio.ServicerContext) -> None:
-        if self._key is None:
-            return
+    def _check_key(self, context: grpc.aio.ServicerContext) -> str:
+        """The name of the key the call was let in with (`none` when no key is required)."""
+        if not self._keys.required:
+            return NO_KEY
         given = next((v for k, v in context.invocation_metadata() or () if k == "authorization"), None)
         scheme, _, token = (given if isinstance(given, str) else "").partition(" ")
         if given is None or scheme.lower() != "bearer":
             raise unauthenticated("missing API key: send it as the metadata `authorization: Bearer <key>`")
-        if not hmac.compare_digest(token.strip().encode(), self._key):
+        name = self._keys.name_of(token.strip())
+        if name is None:
             raise unauthenticated("wrong API key: send it as the metadata `authorization: Bearer <key>`")
+        return name
 
     async def _answer(
         self, rpc: str, context: grpc.aio.ServicerContext, work: Callable[[Label], Awaitable[T]]
@@ -129,6 +130,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         """Runs one RPC: the key, the work, the failure's status; one count, duration and log line."""
         start = time.perf_counter()
         labels: list[Any] = ["", 0, ""]
+        key = NO_KEY
         status, code = 200, grpc.StatusCode.OK
         traced = self._server_span(rpc, context) if self._tracer is not None else contextlib.nullcontext()
 
@@ -138,7 +140,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         with traced as span:  # None when tracing is off
             try:
                 if rpc not in _PROBES:
-                    self._check_key(context)
+                    key = self._check_key(context)
                 return await work(label)
             except (EngineError, Refusal) as exc:
                 status, code = http_equivalent(exc), code_of(exc)
@@ -163,7 +165,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 extra: dict[str, Any] = {}
                 if span is not None:
                     extra["trace_id"] = _end_span(span, labels, code, status)
-                self.metrics.requests.labels(endpoint, labels[0], str(status)).inc()
+                self.metrics.requests.labels(endpoint, labels[0], str(status), key).inc()
                 self.metrics.request_duration.labels(endpoint).observe(seconds)
                 log.log(
                     logging.DEBUG if rpc in _PROBES else logging.INFO,
@@ -174,6 +176,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                         "model": labels[0],
                         "images": labels[1],
                         "status": status,
+                        "key": key,
                         "grpc_code": code.name,
                         "duration_ms": round(seconds * 1000, 2),
                         **extra,

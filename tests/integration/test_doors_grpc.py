@@ -43,6 +43,7 @@ MAX_IMAGE_BYTES = 400_000
 class GrpcServer:
     http: Server
     address: str
+    keys_file: Path  # a second key, `ops`, beside KEY (SIMPOOL_API_KEY, named `default`)
 
     def client(self) -> tg.InferenceServerClient:
         return tg.InferenceServerClient(self.address)
@@ -51,16 +52,20 @@ class GrpcServer:
 @pytest.fixture(scope="module")
 def served(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GrpcServer]:
     port = free_port()
+    logs = tmp_path_factory.mktemp("grpc-logs")
+    keys_file = logs / "api-keys"
+    keys_file.write_text("ops:grpc-ops-1\n")
     env = {
         "SIMPOOL_GRPC_PORT": str(port),
         "SIMPOOL_API_KEY": KEY,
+        "SIMPOOL_API_KEYS_FILE": str(keys_file),
         "SIMPOOL_DEFAULT_MODEL": "resnet18",
         "SIMPOOL_MAX_IMAGES_PER_REQUEST": "4",
         "SIMPOOL_MAX_IMAGE_BYTES": str(MAX_IMAGE_BYTES),
         "SIMPOOL_MAX_BATCH_DELAY_MS": "20",
     }
-    with start_server(model_repo, tmp_path_factory.mktemp("grpc-logs"), env) as http:
-        yield GrpcServer(http, f"127.0.0.1:{port}")
+    with start_server(model_repo, logs, env) as http:
+        yield GrpcServer(http, f"127.0.0.1:{port}", keys_file)
 
 
 def _bytes_input(files: list[bytes]) -> tg.InferInput:
@@ -248,6 +253,30 @@ def test_key_is_required_except_for_health(served: GrpcServer, photos: dict[str,
         served.client().get_model_metadata("resnet18")
     assert _code(caught.value) == "StatusCode.UNAUTHENTICATED"
     assert served.client().is_server_ready() and served.client().is_model_ready("resnet18")
+
+
+def test_keys_file_names_and_rotates_grpc_callers(served: GrpcServer) -> None:
+    client = served.client()
+
+    def call(key: str) -> str:
+        try:
+            client.get_model_metadata("resnet18", headers={"authorization": f"Bearer {key}"})
+        except InferenceServerException as exc:
+            return _code(exc)
+        return "OK"
+
+    assert call("grpc-ops-1") == "OK"
+    served.keys_file.write_text("ops:grpc-ops-2\n")
+    deadline = time.monotonic() + 2
+    while call("grpc-ops-1") == "OK":
+        assert time.monotonic() < deadline, "the rotated-out key still works 2 s after the file changed"
+        time.sleep(0.02)
+    assert call("grpc-ops-1") == "StatusCode.UNAUTHENTICATED"
+    assert call("grpc-ops-2") == "OK" and call(KEY) == "OK"
+    text = httpx.get(f"{served.http.url}/metrics", headers=AUTH).text
+    for key, code in (("ops", "200"), ("default", "200"), ("none", "401")):
+        assert f'{{code="{code}",endpoint="grpc:ModelMetadata",key="{key}",model=""}}' in text, key
+    assert "grpc-ops-" not in served.http.read_log()
 
 
 def test_deadline_is_the_calls(served: GrpcServer) -> None:

@@ -223,5 +223,5 @@ def test_metrics_label_each_route(server: Server, photos: dict[str, Path]) -> No
     client.infer("resnet18", [images_input([photos["coffee.jpg"].read_bytes()])])
     client.is_model_ready("resnet18")
     text = httpx.get(f"{server.url}/metrics").text
-    assert 'simpool_requests_total{code="200",endpoint="/v2/models/{model}/infer",model="resnet18"}' in text
+    assert '{code="200",endpoint="/v2/models/{model}/infer",key="none",model="resnet18"}' in text
     assert 'endpoint="/v2/models/{model}/ready"' in text

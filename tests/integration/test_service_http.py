@@ -274,11 +274,12 @@ def test_metrics_count_exactly(server: Server, photos: dict[str, Path]) -> None:
     def d(name: str, **labels: str) -> float:
         return delta.pop((name, frozenset(labels.items())), 0.0)
 
-    assert d("simpool_requests_total", endpoint="/embed", model="resnet18", code="200") == 4
-    assert d("simpool_requests_total", endpoint="/classify", model="resnet18", code="200") == 1
-    assert d("simpool_requests_total", endpoint="/embed", model="", code="404") == 1
-    assert d("simpool_requests_total", endpoint="/embed", model="resnet18", code="400") == 1
-    assert d("simpool_requests_total", endpoint="/metrics", model="", code="200") == 1  # the first scrape
+    assert d("simpool_requests_total", endpoint="/embed", model="resnet18", code="200", key="none") == 4
+    assert d("simpool_requests_total", endpoint="/classify", model="resnet18", code="200", key="none") == 1
+    assert d("simpool_requests_total", endpoint="/embed", model="", code="404", key="none") == 1
+    assert d("simpool_requests_total", endpoint="/embed", model="resnet18", code="400", key="none") == 1
+    # The first scrape:
+    assert d("simpool_requests_total", endpoint="/metrics", model="", code="200", key="none") == 1
     assert d("simpool_images_total", model="resnet18") == 6
     assert d("simpool_batch_size_sum", model="resnet18") == 6
     assert d("simpool_failures_total", model="", reason="unknown_model") == 1
@@ -327,8 +328,9 @@ def test_trailing_slash_is_a_404_not_a_redirect(server: Server, photos: dict[str
         assert all(c.get(p).status_code == 200 for p in ("/docs", "/openapi.json", "/metrics", "/healthz"))
     for r in (embed, probe):
         assert r.status_code == 404 and "location" not in r.headers and r.json()["detail"], r.text
-    counted = value(after, "simpool_requests_total", endpoint="other", model="", code="404")
-    assert counted - value(before, "simpool_requests_total", endpoint="other", model="", code="404") == 2
+    labels = {"endpoint": "other", "model": "", "code": "404", "key": "none"}
+    name = "simpool_requests_total"
+    assert value(after, name, **labels) - value(before, name, **labels) == 2
 
 
 def test_probes_answer_head(server: Server) -> None:

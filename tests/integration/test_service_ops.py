@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 import shutil
 import signal
@@ -45,9 +46,20 @@ def wait_until(predicate, what: str, timeout: float = 60) -> None:  # type: igno
 # -- auth -----------------------------------------------------------------------------------------
 
 
-def test_api_key(model_repo: Path, logs: Path, photos: dict[str, Path]) -> None:
+@pytest.fixture(scope="module")
+def keyed(model_repo: Path, logs: Path) -> Iterator[tuple[Server, Path]]:
+    """A server with both kinds of key: SIMPOOL_API_KEY and a keys file (which the tests rotate)."""
+    keys = logs / "api-keys"
+    keys.write_text("# the operators' key\nops:ops-key-a\n")
+    env = {"SIMPOOL_API_KEY": "k3y-for-tests", "SIMPOOL_API_KEYS_FILE": str(keys)}
+    with start_server(model_repo, logs, env) as server:
+        yield server, keys
+
+
+def test_api_key(keyed: tuple[Server, Path], photos: dict[str, Path]) -> None:
     image = {"images": photos["coffee.jpg"].read_bytes()}
-    with start_server(model_repo, logs, {"SIMPOOL_API_KEY": "k3y-for-tests"}) as server, server.client() as c:
+    server, _ = keyed
+    with server.client() as c:
         assert c.get("/healthz").status_code == 200
         assert c.get("/readyz").status_code == 200
         assert c.get("/docs").status_code == 200 and c.get("/openapi.json").status_code == 200
@@ -65,8 +77,57 @@ def test_api_key(model_repo: Path, logs: Path, photos: dict[str, Path]) -> None:
         assert c.post("/embed", files=image, headers=good).status_code == 200
         assert c.get("/models", headers=good).status_code == 200
         text = c.get("/metrics", headers=good).text
-        assert 'simpool_requests_total{code="401",endpoint="/embed",model=""} 3.0' in text
+        # Refused requests are counted without a key name; let in, with the name of SIMPOOL_API_KEY.
+        assert 'simpool_requests_total{code="401",endpoint="/embed",key="none",model=""} 3.0' in text
+        assert 'requests_total{code="200",endpoint="/embed",key="default",model="resnet18"} 1.0' in text
     assert "k3y-for-tests" not in server.read_log()
+
+
+def test_keys_file_rotates_without_a_restart(keyed: tuple[Server, Path]) -> None:
+    server, keys = keyed
+
+    def status(key: str) -> int:
+        return httpx.get(f"{server.url}/models", headers={"Authorization": f"Bearer {key}"}).status_code
+
+    assert status("ops-key-a") == 200 and status("k3y-for-tests") == 200
+    keys.write_text("# rotated\nops:ops-key-b\n")  # rewritten in place
+    wait_until(lambda: status("ops-key-a") == 401, "the rotated-out key to be refused", timeout=2)
+    assert status("ops-key-b") == 200
+    keys.write_text("")  # emptied (a botched edit): the keys loaded before stay
+    wait_until(lambda: "is empty" in server.read_log(), "a warning about the empty file", timeout=2)
+    assert status("ops-key-b") == 200 and status("k3y-for-tests") == 200
+    new = keys.with_name("api-keys.new")  # replaced by a rename, as a Secret volume updates: a new inode
+    new.write_text("ci:ci-key-c\nbare-key-d\n")
+    os.replace(new, keys)
+    wait_until(lambda: status("ci-key-c") == 200, "the replaced file's key", timeout=2)
+    assert status("ops-key-b") == 401 and status("bare-key-d") == 200 and status("k3y-for-tests") == 200
+
+    with server.client(headers={"Authorization": "Bearer ci-key-c"}) as c:
+        samples = metric_values(c)
+    counted = {
+        dict(labels)["key"]
+        for (name, labels), v in samples.items()
+        if name == "simpool_requests_total" and ("endpoint", "/models") in labels and v > 0
+    }
+    assert counted == {"ops", "default", "ci", "key2", "none"}, counted  # none: the refused requests
+    lines = [json.loads(line) for line in server.read_log().splitlines() if line.startswith("{")]
+    logged = {r["key"] for r in lines if r.get("msg") == "request" and r.get("endpoint") == "/models"}
+    assert logged == counted
+    warned = [r for r in lines if r["level"] == "warning" and "SIMPOOL_API_KEYS_FILE" in r["msg"]]
+    assert len(warned) == 1 and "keeping the 2 key name(s) loaded before" in warned[0]["msg"], warned
+    log = server.read_log()
+    assert not any(key in log for key in ("ops-key-a", "ops-key-b", "ci-key-c", "bare-key-d"))
+
+
+def test_an_unusable_keys_file_stops_the_start(model_repo: Path, tmp_path: Path) -> None:
+    empty = tmp_path / "keys"
+    empty.write_text("# nothing yet\n")
+    for path in (empty, tmp_path / "missing"):
+        done = serve_exit(model_repo, {"SIMPOOL_API_KEYS_FILE": str(path)})
+        assert done.returncode == 3, done.stderr
+        (line,) = done.stderr.strip().splitlines()
+        assert line.startswith(f"simpool-serve: error: SIMPOOL_API_KEYS_FILE {path}")
+        assert ("is empty" if path == empty else "cannot read it") in line
 
 
 # -- limits, overload, disconnects ----------------------------------------------------------------
@@ -79,6 +140,9 @@ TIGHT = {
     "SIMPOOL_MAX_IMAGE_BYTES": "1000000",
     "SIMPOOL_MAX_REQUEST_BYTES": "3000000",
 }
+
+
+EMBEDS = {"endpoint": "/embed", "model": "resnet18", "key": "none"}  # the labels of /embed's counts here
 
 
 def tiny_png() -> bytes:
@@ -152,8 +216,8 @@ def test_overload_answers_503_with_retry_after(tight: Server, photos: dict[str, 
         after = metric_values(c)
         assert c.get("/readyz").status_code == 200  # overload is not unreadiness
     for code in (200, 503):
-        got = value(after, "simpool_requests_total", endpoint="/embed", model="resnet18", code=str(code))
-        was = value(before, "simpool_requests_total", endpoint="/embed", model="resnet18", code=str(code))
+        got = value(after, "simpool_requests_total", **EMBEDS, code=str(code))
+        was = value(before, "simpool_requests_total", **EMBEDS, code=str(code))
         assert got - was == codes.count(code)
 
 
@@ -167,8 +231,8 @@ def test_disconnected_client_has_its_images_dropped(tight: Server) -> None:
 
     def recorded() -> bool:
         now = metric_values(httpx.Client(base_url=tight.url))
-        return value(now, "simpool_requests_total", endpoint="/embed", model="resnet18", code="499") > value(
-            before, "simpool_requests_total", endpoint="/embed", model="resnet18", code="499"
+        return value(now, "simpool_requests_total", **EMBEDS, code="499") > value(
+            before, "simpool_requests_total", **EMBEDS, code="499"
         )
 
     wait_until(recorded, "the disconnect to be recorded")
