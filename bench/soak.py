@@ -289,22 +289,29 @@ def plot(result: dict, samples: list[Sample], path: Path) -> None:
 
 
 class Swapper:
-    """Writes a new version of one model folder every `every` seconds, as an export does; each version's
-    manifest differs (`created_at`), so each is a new fingerprint over the same graph bytes."""
+    """Writes a new version of one model folder every `every` seconds, as an export does. Versions are
+    the same computation with another `doc_string` in the graph: other bytes, so another fingerprint,
+    and answers that stay comparable."""
 
     def __init__(self, folder: Path, every: float) -> None:
+        import onnx
+
         self.folder = folder
         self.every = every
-        self.graph = (folder / "model.onnx").read_bytes()
+        self.graph = onnx.load(folder / "model.onnx")
         self.manifest = json.loads((folder / "manifest.json").read_text())
         self.written = 0
 
     def write(self) -> None:
+        import hashlib
+
         self.written += 1
+        self.graph.doc_string = f"soak version {self.written}"
+        graph = self.graph.SerializeToString()
         (self.folder / "manifest.json").unlink()
-        (self.folder / "model.onnx").write_bytes(self.graph)  # rewritten in place, as an export does
+        (self.folder / "model.onnx").write_bytes(graph)  # rewritten in place, as an export does
         time.sleep(0.5)  # the export's own pause between the graph and the manifest, in small
-        manifest = {**self.manifest, "created_at": f"soak version {self.written}"}
+        manifest = {**self.manifest, "onnx_sha256": hashlib.sha256(graph).hexdigest()}
         partial = self.folder / ".manifest.json.partial"
         partial.write_text(json.dumps(manifest, indent=2))
         os.replace(partial, self.folder / "manifest.json")
@@ -399,7 +406,10 @@ def main(argv: list[str] | None = None) -> int:
             p.error("--reload-every needs --model-dir (the soak copies it and writes the new versions)")
         result = soak(args.url, args.pid, args)
     else:
-        env = {"SIMPOOL_PROVIDERS": os.environ.get("SIMPOOL_PROVIDERS", "CPUExecutionProvider")}
+        env = {
+            "SIMPOOL_PROVIDERS": os.environ.get("SIMPOOL_PROVIDERS", "CPUExecutionProvider"),
+            "SIMPOOL_GRPC_PORT": os.environ.get("SIMPOOL_GRPC_PORT", "0"),  # its traffic is HTTP's
+        }
         with tempfile.TemporaryDirectory() as tmp:
             served = args.model_dir
             if args.reload_every:
