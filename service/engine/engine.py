@@ -291,8 +291,14 @@ class Engine:
         await model.batcher.close()
         if model.executor is not self._pool:
             model.executor.shutdown(wait=False)  # its batches are done
-        with contextlib.suppress(KeyError):
-            self.metrics.model_info.remove(model.name, model.provider, model.fingerprint)
+        serving = self._repository.version(model.name)
+        same = serving is not None and (serving.model.provider, serving.model.fingerprint) == (
+            model.provider,
+            model.fingerprint,
+        )
+        if not same:  # a reload of the same bytes keeps the series its new version set
+            with contextlib.suppress(KeyError):
+                self.metrics.model_info.remove(model.name, model.provider, model.fingerprint)
 
     def not_ready_reason(self) -> str | None:
         """Why the engine cannot answer every model it serves now, or None when it can."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -155,6 +156,7 @@ def _open_and_warm(
     manifest = folder.manifest
     min_side = (manifest.min_side or 16) if manifest.dynamic_size else None
     options = ProviderOptions.from_config(config, size, plan.accelerator_batch_size, min_side)
+    started = time.perf_counter()
     graph = Graph.read(folder.path)
     runner = open_verified(
         graph,
@@ -169,12 +171,21 @@ def _open_and_warm(
     if plan.lanes > 1:  # the same graph and provider; only the thread count differs
         lane_runner = factory(graph, [runner.provider], plan.lane_threads, config.ort_spinning, options)
     del graph  # the sessions hold what they need; the file's bytes need not outlive the load
+    verified = time.perf_counter()
     max_batch = plan.batch_size_for(runner.provider)
     for n in range(1, max_batch + 1):
         batch = np.zeros((n, size, size, 3), dtype=np.uint8)
         runner.run(batch)
         if lane_runner is not None:
             lane_runner.run(batch)
+    log.info(
+        "model verified and warmed",
+        extra={
+            "model": folder.name,
+            "verify_seconds": round(verified - started, 3),  # read, sha256, sessions, output check
+            "warm_seconds": round(time.perf_counter() - verified, 3),  # every batch size, every session
+        },
+    )
     return runner, lane_runner, max_batch
 
 
