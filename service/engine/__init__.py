@@ -8,12 +8,12 @@ from simpool_serve.service.engine.engine import (
     Engine,
     ImageFailure,
     OnError,
-    RepositoryEntry,
 )
 from simpool_serve.service.engine.errors import EngineError, Kind, not_ready, overloaded
 from simpool_serve.service.engine.limits import Limits
 from simpool_serve.service.engine.models import LoadedModel, ModelFolder
 from simpool_serve.service.engine.plan import ThreadPlan
+from simpool_serve.service.engine.repository import RepositoryEntry
 
 __all__ = [
     "Answer",

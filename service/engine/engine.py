@@ -28,7 +28,7 @@ from simpool_serve.service.engine.boxes import attention_box
 from simpool_serve.service.engine.config import EngineConfig
 from simpool_serve.service.engine.decode import Decoder, Payload
 from simpool_serve.service.engine.descriptor import CROP, Box, Descriptor, Resolved, resolve
-from simpool_serve.service.engine.errors import EngineError, Kind, not_ready
+from simpool_serve.service.engine.errors import EngineError, Kind
 from simpool_serve.service.engine.models import (
     LoadedModel,
     ModelFolder,
@@ -40,7 +40,7 @@ from simpool_serve.service.engine.models import (
 from simpool_serve.service.engine.overlay import attention_png
 from simpool_serve.service.engine.plan import ThreadPlan
 from simpool_serve.service.engine.preprocess import Geometry, ImageError, own_pixel_limit
-from simpool_serve.service.engine.repository import Repository, describe
+from simpool_serve.service.engine.repository import Repository, RepositoryEntry, describe
 from simpool_serve.service.engine.runner import OnnxRunner, RunnerFactory
 from simpool_serve.service.engine.whitening import Whitening
 from simpool_serve.service.metrics import Metrics
@@ -87,17 +87,6 @@ class ImageFailure:
     detail: str
     kind: Kind  # BAD_IMAGE or TOO_LARGE
     reason: str  # the failure metric's label
-
-
-@dataclass(frozen=True, slots=True)
-class RepositoryEntry:
-    """One model folder as the repository index shows it (Triton's states: READY, UNAVAILABLE,
-    LOADING), with the reason when it is not READY."""
-
-    name: str
-    version: str
-    state: Literal["READY", "UNAVAILABLE", "LOADING"]
-    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,7 +315,7 @@ class Engine:
         wanted = self._wanted(name)
         version = self._repository.version(wanted)
         if version is None:
-            raise self._missing(wanted, name is None)
+            raise self._repository.missing(wanted, by_default=name is None)
         return version.model
 
     @contextlib.contextmanager
@@ -336,7 +325,7 @@ class Engine:
         wanted = self._wanted(name)
         version = self._repository.version(wanted)
         if version is None:
-            raise self._missing(wanted, name is None)
+            raise self._repository.missing(wanted, by_default=name is None)
         with version.hold() as model:
             yield model
 
@@ -351,40 +340,9 @@ class Engine:
             )
         return self.default
 
-    def _missing(self, wanted: str, by_default: bool) -> EngineError:
-        note = self._repository.note(wanted)
-        if note is not None and note.state == "LOADING":
-            return not_ready(f"model {wanted!r} is still loading", retry_after_s=5)
-        served = sorted(self._repository.models)
-        if note is not None and note.state == "UNAVAILABLE" and note.reason.startswith("incomplete"):
-            return not_ready(
-                f"model {wanted!r} is not loaded yet: its folder is {note.reason}", retry_after_s=5
-            )
-        if by_default:
-            return EngineError(
-                Kind.NOT_FOUND,
-                f"no default model is loaded: the default model {wanted!r} is not served (served: {served})",
-                "unknown_model",
-            )
-        shown = wanted if len(wanted) <= 100 else f"{wanted[:100]}..."  # not echoed whole
-        why = f" ({note.reason})" if note is not None else ""
-        return EngineError(Kind.NOT_FOUND, f"unknown model {shown!r}{why}; served: {served}", "unknown_model")
-
     def repository(self) -> list[RepositoryEntry]:
         """Every model the repository holds and its state, sorted by name; every door's repository index."""
-        entries = []
-        for name in self._repository.names():
-            version = self._repository.version(name)
-            note = self._repository.note(name)
-            if version is not None and not version.model.batcher.alive:
-                entries.append(RepositoryEntry(name, "1", "UNAVAILABLE", "its batcher has stopped"))
-            elif version is not None:
-                entries.append(RepositoryEntry(name, "1", "READY", note.reason if note else ""))
-            elif note is not None:
-                entries.append(RepositoryEntry(name, "1", note.state, note.reason))
-            else:
-                entries.append(RepositoryEntry(name, "1", "UNAVAILABLE", "not loaded"))
-        return entries
+        return self._repository.entries()
 
     def deadline(self) -> float:
         """The deadline (event-loop time) of a request starting now: `request_timeout_s` from now."""

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from simpool_serve.service.engine.errors import Incomplete
+from simpool_serve.service.engine.errors import EngineError, Incomplete, Kind, not_ready
 from simpool_serve.service.engine.memory import release_memory
 from simpool_serve.service.engine.models import (
     LoadedModel,
@@ -81,6 +81,17 @@ class Version:
 
 
 @dataclass(frozen=True, slots=True)
+class RepositoryEntry:
+    """One model as the repository index shows it (Triton's states: READY, UNAVAILABLE, LOADING), with
+    the reason when it is not READY, or what its READY version hides."""
+
+    name: str
+    version: str
+    state: State
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Note:
     """Why a model is not (or not only) what it serves: loading, its load failed, its folder is
     incomplete. With a serving version, the index shows READY with this reason."""
@@ -123,6 +134,42 @@ class Repository:
     def names(self) -> list[str]:
         """Every model the index shows: the folders on disk, the served models and the noted ones."""
         return sorted(set(folder_names(self.model_dir)) | set(self._served) | set(self._notes))
+
+    def entries(self) -> list[RepositoryEntry]:
+        """Every model the index shows and its state, sorted by name."""
+        out = []
+        for name in self.names():
+            version, note = self._served.get(name), self._notes.get(name)
+            if version is not None and not version.model.batcher.alive:
+                out.append(RepositoryEntry(name, "1", "UNAVAILABLE", "its batcher has stopped"))
+            elif version is not None:
+                out.append(RepositoryEntry(name, "1", "READY", note.reason if note else ""))
+            elif note is not None:
+                out.append(RepositoryEntry(name, "1", note.state, note.reason))
+            else:
+                out.append(RepositoryEntry(name, "1", "UNAVAILABLE", "not loaded"))
+        return out
+
+    def missing(self, name: str, *, by_default: bool) -> EngineError:
+        """Why `name` does not serve: NOT_READY while it loads (or its folder is still being written),
+        NOT_FOUND otherwise, saying what is served (and, `by_default`, that no default model is loaded)."""
+        note = self._notes.get(name)
+        if note is not None and note.state == "LOADING":
+            return not_ready(f"model {name!r} is still loading", retry_after_s=5)
+        if note is not None and note.state == "UNAVAILABLE" and note.reason.startswith("incomplete"):
+            return not_ready(
+                f"model {name!r} is not loaded yet: its folder is {note.reason}", retry_after_s=5
+            )
+        served = sorted(self._served)
+        if by_default:
+            return EngineError(
+                Kind.NOT_FOUND,
+                f"no default model is loaded: the default model {name!r} is not served (served: {served})",
+                "unknown_model",
+            )
+        shown = name if len(name) <= 100 else f"{name[:100]}..."  # not echoed whole
+        why = f" ({note.reason})" if note is not None else ""
+        return EngineError(Kind.NOT_FOUND, f"unknown model {shown!r}{why}; served: {served}", "unknown_model")
 
     # -- loading ---------------------------------------------------------------------------------
 
