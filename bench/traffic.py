@@ -193,10 +193,18 @@ class OneClient:
             self._infer(door.body, timeout=60)  # bytes out, bytes back; an error raises
             return time.perf_counter() - start
         headers = {"Content-Type": door.content_type, **dict(door.headers)}
-        start = time.perf_counter()
-        self._conn.request("POST", door.path, door.body, headers)
-        response = self._conn.getresponse()
-        response.read()
+        for attempt in (1, 2):  # the server closes a keep-alive connection idle for 5 s: reconnect once
+            start = time.perf_counter()
+            try:
+                self._conn.request("POST", door.path, door.body, headers)
+                response = self._conn.getresponse()
+                response.read()
+            except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
+                self._conn.close()
+                if attempt == 2:
+                    raise
+                continue
+            break
         elapsed = time.perf_counter() - start
         if response.status != 200:
             raise RuntimeError(f"{door.name}: HTTP {response.status}")
