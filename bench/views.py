@@ -246,10 +246,14 @@ def print_table(args: argparse.Namespace, results: Figures) -> None:
             len(ONE_SHAPE) / sum(1 / results[mode, n][r][0] for n in ONE_SHAPE) for r in range(len(mixed))
         ]
         ratios = [m[0] / a for m, a in zip(mixed, alone, strict=True)]
+        # The steadier measure on a shared machine: CPU per image, the mix against its shapes' mean.
+        cpu = [m[1] / statistics.mean(results[mode, n][r][1] for n in ONE_SHAPE) for r, m in enumerate(mixed)]
         print(
             f"\n{mode}: full 224 on the mix / the harmonic mean of its shapes alone, per round: "
             + ", ".join(f"{v:.3f}" for v in ratios)
-            + f" (median {statistics.median(ratios):.3f}; the shapes alone: {_cell(alone)} images/s)"
+            + f" (median {statistics.median(ratios):.3f}; the shapes alone: {_cell(alone)} images/s); "
+            + "CPU ms/image of the mix / the mean of its shapes alone: "
+            + ", ".join(f"{v:.3f}" for v in cpu)
         )
 
 
