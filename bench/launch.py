@@ -22,6 +22,7 @@ BIN = Path(sys.executable).parent
 class Served:
     url: str
     pid: int  # read from /proc by the soak
+    grpc_address: str | None = None  # host:port of its gRPC door (None: SIMPOOL_GRPC_PORT=0)
 
 
 def free_port() -> int:
@@ -32,9 +33,12 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def serve(model_dir: Path, env: dict[str, str], log: Path) -> Iterator[Served]:
-    """The server runs with this process's environment plus `env`; a start-up failure exits with its log."""
+    """The server runs with this process's environment plus `env`; a start-up failure exits with its log.
+    Its gRPC door gets a free port of its own (8001 may be taken), unless `env` names one."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
+    env = {"SIMPOOL_GRPC_PORT": str(free_port()), **env}
+    grpc_port = int(env["SIMPOOL_GRPC_PORT"])
     cmd = [str(BIN / "simpool-serve"), "--model-dir", str(model_dir), "--host", "127.0.0.1"]
     cmd += ["--port", str(port)]
     with log.open("wb") as fh:
@@ -50,7 +54,7 @@ def serve(model_dir: Path, env: dict[str, str], log: Path) -> Iterator[Served]:
             if time.monotonic() > deadline:
                 raise SystemExit(f"simpool-serve not ready:\n{log.read_text()}")
             time.sleep(0.3)
-        yield Served(url, proc.pid)
+        yield Served(url, proc.pid, f"127.0.0.1:{grpc_port}" if grpc_port else None)
     finally:
         proc.terminate()
         try:

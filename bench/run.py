@@ -9,9 +9,13 @@ For each model (say an fp32 export and its `--int8` export), on the same machine
      before every row (this machine's speed drifts by several % over minutes) and each row's ratio
      is against it; rounds repeat the whole sequence, models and doors in turns, and the table gives
      the median ratio with its range;
-  3. a lone request: one client, the server idle between requests; each request is paired with a
-     batch-1 run of the graph after the same idle gap, in turns, so the overhead (the median of the
-     pairs' differences) compares like with like.
+  3. a lone request: one client, the server idle between requests; in each round every door sends one
+     request and the graph runs batch 1, each after the same idle gap, in a rotating order, so the
+     overhead (the median of the differences within rounds) compares like with like, and so do two
+     doors (gRPC against REST multipart and v2 binary);
+  4. with --tracing-door, a second server per model with OpenTelemetry tracing on at 100 % sampling,
+     exporting OTLP/HTTP to a receiver in this process that discards what it gets: that door through
+     it is one more row, in the same rounds, so its cost per request is paired with tracing off.
 
     python bench/run.py --model-dir model_repository --models resnet50_simpool,resnet50_simpool_int8
 """
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import platform
@@ -30,6 +35,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -127,10 +133,51 @@ class Graph:
         return (time.perf_counter() - start) * 1e3
 
 
+TRACED = " + tracing"  # a door's row through the traced server
+
+
+class Receiver:
+    """An OTLP/HTTP receiver on loopback that answers every export with an empty success and keeps
+    only counts (the traced server's exporter does all its work; nothing is decoded here)."""
+
+    def __init__(self) -> None:
+        self.exports = self.bytes = 0
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                size = int(self.headers.get("content-length") or 0)
+                self.rfile.read(size)
+                receiver.exports += 1
+                receiver.bytes += size
+                self.send_response(200)
+                self.send_header("content-type", "application/x-protobuf")
+                self.send_header("content-length", "0")  # an empty ExportTraceServiceResponse
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def env(self) -> dict[str, str]:
+        """A server's settings for tracing every request to this receiver."""
+        return {
+            "OTEL_TRACES_EXPORTER": "otlp",
+            "OTEL_TRACES_SAMPLER": "always_on",
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": self.url,
+        }
+
+
 @contextlib.contextmanager
-def servers(model_dir: Path, names: list[str], env: dict[str, str], tmp: Path) -> Iterator[dict[str, Served]]:
+def servers(
+    model_dir: Path, names: list[str], env: dict[str, str], tmp: Path, receiver: Receiver | None = None
+) -> Iterator[dict[str, Served]]:
     """One server per model, each with a repository holding only that model (its own batcher and
-    pool serve only it, as when it is served alone)."""
+    pool serve only it, as when it is served alone); with a receiver, a traced one too (`name + TRACED`)."""
     with contextlib.ExitStack() as stack:
         out = {}
         for name in names:
@@ -138,7 +185,20 @@ def servers(model_dir: Path, names: list[str], env: dict[str, str], tmp: Path) -
             repo.mkdir()
             (repo / name).symlink_to((model_dir / name).resolve())
             out[name] = stack.enter_context(serve(repo, env, tmp / f"serve-{name}.log"))
+            if receiver is not None:
+                log = tmp / f"serve-{name}-traced.log"
+                out[name + TRACED] = stack.enter_context(serve(repo, {**env, **receiver.env()}, log))
         yield out
+
+
+def server_of(up: dict[str, Served], name: str, door: Door) -> Served:
+    """The server a row goes to: the traced one for a door's tracing row."""
+    return up[name + TRACED] if door.name.endswith(TRACED) else up[name]
+
+
+def send(server: Served, door: Door, body: Path, clients: int, seconds: float) -> dict:
+    """`clients` concurrent clients of `door` for `seconds` (`hey`, or the gRPC load generator)."""
+    return hey(server.url, door, body, clients, seconds, grpc_address=server.grpc_address)
 
 
 def thread_cpu(pid: int) -> dict[str, float]:
@@ -165,23 +225,33 @@ def cpu_split(
     return loop * 1e3 / images, (sum(spent.values()) - loop) * 1e3 / images
 
 
-def lone(graph: Graph, client: OneClient, door: Door, pairs: int, gap_s: float) -> dict:
-    """`pairs` lone requests, each paired with a graph batch-1 run after the same idle gap."""
-    rows = []
-    for i in range(pairs + 2):  # the first two pairs warm both paths
-        order = (0, 1) if i % 2 else (1, 0)
-        got = [0.0, 0.0]
-        for which in order:
+def lone(graph: Graph, clients: dict[str, OneClient], doors: list[Door], pairs: int, gap_s: float) -> dict:
+    """`pairs` rounds; in each, every door sends one lone request (`clients[door.name]`) and the graph
+    runs batch 1, each after the same idle gap, in a rotating order. Per door: the medians of its
+    time and of its difference to the graph's run of the same round, and the paired differences to
+    every other door."""
+    names = ["graph", *(d.name for d in doors)]
+    by_name = {d.name: d for d in doors}
+    rounds: list[dict[str, float]] = []
+    for i in range(pairs + 2):  # the first two rounds warm every path
+        got = {}
+        for name in names[i % len(names) :] + names[: i % len(names)]:
             time.sleep(gap_s)
-            got[which] = client.seconds(door) * 1e3 if which else graph.batch1_ms()
+            got[name] = graph.batch1_ms() if name == "graph" else clients[name].seconds(by_name[name]) * 1e3
         if i >= 2:
-            rows.append(got)
-    return {
-        "graph_ms": statistics.median(r[0] for r in rows),
-        "lone_ms": statistics.median(r[1] for r in rows),
-        "lone_p90_ms": float(np.percentile([r[1] for r in rows], 90)),
-        "overhead_ms": statistics.median(r[1] - r[0] for r in rows),
-    }
+            rounds.append(got)
+    out = {}
+    for d in doors:
+        out[d.name] = {
+            "graph_ms": statistics.median(r["graph"] for r in rounds),
+            "lone_ms": statistics.median(r[d.name] for r in rounds),
+            "lone_p90_ms": float(np.percentile([r[d.name] for r in rounds], 90)),
+            "overhead_ms": statistics.median(r[d.name] - r["graph"] for r in rounds),
+            "minus": {
+                other.name: [r[d.name] - r[other.name] for r in rounds] for other in doors if other is not d
+            },
+        }
+    return out
 
 
 def _loaded_cells(rows: list[dict] | None, clients: int | None) -> str:
@@ -228,6 +298,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--provider", default="CPUExecutionProvider", help="both sides (CUDA: add --lanes 1)")
     p.add_argument("--lone-pairs", type=int, default=20, help="lone requests per door (0: none)")
     p.add_argument("--lone-gap", type=float, default=0.25, help="idle seconds before each lone request")
+    p.add_argument(
+        "--tracing-door", default="", help="also this door through a server tracing 100 %% of requests"
+    )
     p.add_argument("--json", type=Path, help="also write the figures here")
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="extra service setting")
     return p.parse_args(argv)
@@ -249,7 +322,9 @@ class Run:
         if shutil.which("hey") is None:
             raise SystemExit("bench needs `hey` (Debian: apt-get install hey)")
         door_names = DOOR_NAMES if args.doors == "all" else [d.strip() for d in args.doors.split(",")]
-        unknown = sorted(set(door_names) - set(DOOR_NAMES))
+        if args.tracing_door:
+            door_names = [*door_names, args.tracing_door + TRACED]
+        unknown = sorted({d.removesuffix(TRACED) for d in door_names} - set(DOOR_NAMES))
         if unknown:
             raise SystemExit(f"unknown doors {unknown}; known: {DOOR_NAMES}")
         if args.lanes is None:
@@ -283,6 +358,7 @@ class Results:
     offline: dict[str, Offline]
     loaded: dict[tuple[str, str, int], list[dict]] = field(default_factory=dict)
     lones: dict[tuple[str, str], dict] = field(default_factory=dict)
+    receiver: Receiver | None = None
 
 
 def open_graphs(run: Run) -> Results:
@@ -298,6 +374,12 @@ def open_graphs(run: Run) -> Results:
         graphs[name] = Graph(name, manifest, solo, lane, a.lanes, a.lane_batch)
         offline[name] = graphs[name].measure([int(b) for b in a.batch_sizes.split(",")], a.offline_seconds)
     return Results(graphs, offline)
+
+
+def rows_of(model: str, jpeg: bytes, names: list[str]) -> list[Door]:
+    """The model's rows in `names`' order: each door, and a door's tracing row (the same request)."""
+    table = {d.name: d for d in doors(model, jpeg)}
+    return [dataclasses.replace(table[n.removesuffix(TRACED)], name=n) for n in names]
 
 
 def write_bodies(table: dict[str, list[Door]], tmp: Path) -> dict[tuple[str, str], Path]:
@@ -316,15 +398,15 @@ def check_doors(
     """Every door answers before anything is measured."""
     for name, ds in table.items():
         for door in ds:
-            if hey(up[name].url, door, bodies[name, door.name], 4, 2.0)["ok"] == 0:
-                raise SystemExit(f"{name} {door.name}: no 200 answer; see {tmp}/serve-{name}.log")
+            if send(server_of(up, name, door), door, bodies[name, door.name], 4, 2.0)["ok"] == 0:
+                raise SystemExit(f"{name} {door.name}: no answer; see the logs in {tmp}")
 
 
 def loaded_row(run: Run, res: Results, server: Served, name: str, door: Door, body: Path, c: int) -> dict:
     """One row under load: the bar measured just before, then `c` clients for `--seconds`."""
     bar, graph_cpu = res.graphs[name].bar_now(res.offline[name], run.args.recheck_seconds)
     before = thread_cpu(server.pid)
-    row = hey(server.url, door, body, c, run.args.seconds)
+    row = send(server, door, body, c, run.args.seconds)
     loop, rest = cpu_split(server.pid, before, thread_cpu(server.pid), row["ok"])
     row.update(offline=bar, ratio=row["images_per_s"] / bar, graph_cpu_ms=graph_cpu)
     row.update(loop_cpu_ms=loop, other_cpu_ms=rest)
@@ -343,18 +425,21 @@ def run_rounds(
         for name, ds in table.items():
             for door in ds[r % len(ds) :] + ds[: r % len(ds)]:
                 for c in run.clients:
-                    row = loaded_row(run, res, up[name], name, door, bodies[name, door.name], c)
+                    server = server_of(up, name, door)
+                    row = loaded_row(run, res, server, name, door, bodies[name, door.name], c)
                     res.loaded.setdefault((name, door.name, c), []).append(row)
 
 
 def run_lones(run: Run, res: Results, up: dict[str, Served], table: dict[str, list[Door]]) -> None:
     for name, ds in table.items():
-        client = OneClient(up[name].url)
-        for door in ds:
-            res.lones[name, door.name] = lone(
-                res.graphs[name], client, door, run.args.lone_pairs, run.args.lone_gap
-            )
-        client.close()
+        clients = {key: OneClient(served.url, served.grpc_address) for key, served in up.items()}
+        by_door = {d.name: clients[name + TRACED if d.name.endswith(TRACED) else name] for d in ds}
+        for door_name, figures in lone(
+            res.graphs[name], by_door, ds, run.args.lone_pairs, run.args.lone_gap
+        ).items():
+            res.lones[name, door_name] = figures
+        for client in clients.values():
+            client.close()
 
 
 def print_offline(run: Run, res: Results) -> None:
@@ -393,6 +478,49 @@ def print_table(run: Run, res: Results, table: dict[str, list[Door]]) -> None:
                 cells = _loaded_cells(res.loaded.get((name, door.name, c)), c)
                 one = res.lones.get((name, door.name)) if c in (clients[0], None) else None
                 print(f"| {name} | {precision} | {door.name} | {cells} | {_lone_cells(one)} |")
+    print_paired(run, res, table)
+
+
+PAIRED = ("REST multipart", "v2 binary")  # what the gRPC door and a tracing row are compared with
+
+
+def print_paired(run: Run, res: Results, table: dict[str, list[Door]]) -> None:
+    """Lone requests, door against door within each round: the median difference and its quartiles;
+    under load, a tracing row against its door in the same round."""
+    if not res.lones:
+        return
+    print("\nlone requests, paired within rounds (ms; median, quartiles in brackets):\n")
+    print("| model | door | against | difference ms |")
+    print("|---|---|---|---:|")
+    for name, ds in table.items():
+        for door in ds:
+            minus = res.lones[name, door.name]["minus"]
+            against = [door.name.removesuffix(TRACED)] if door.name.endswith(TRACED) else []
+            against += [p for p in PAIRED if door.name == "gRPC"]
+            for other in against:
+                q1, q2, q3 = np.percentile(minus[other], [25, 50, 75])
+                print(f"| {name} | {door.name} | {other} | {q2:+.2f} ({q1:+.2f} to {q3:+.2f}) |")
+    for name, ds in table.items():
+        for door in ds:
+            if not door.name.endswith(TRACED) or not run.args.rounds:
+                continue
+            plain = door.name.removesuffix(TRACED)
+            for c in run.clients:
+                on, off = res.loaded[name, door.name, c], res.loaded[name, plain, c]
+                ips = [a["images_per_s"] / b["images_per_s"] for a, b in zip(on, off, strict=True)]
+                cpu = [
+                    (a["loop_cpu_ms"] + a["other_cpu_ms"]) - (b["loop_cpu_ms"] + b["other_cpu_ms"])
+                    for a, b in zip(on, off, strict=True)
+                    if a["loop_cpu_ms"] is not None and b["loop_cpu_ms"] is not None
+                ]
+                print(
+                    f"\n{name}, {c} clients, tracing on / off per round: images/s "
+                    + ", ".join(f"{v:.3f}" for v in ips)
+                    + "; server CPU ms/image on - off: "
+                    + ", ".join(f"{v:+.2f}" for v in cpu)
+                )
+    if res.receiver is not None:
+        print(f"\nOTLP receiver: {res.receiver.exports} exports, {res.receiver.bytes / 1e6:.1f} MB")
 
 
 def write_json(path: Path, res: Results) -> None:
@@ -411,9 +539,10 @@ def main(argv: list[str] | None = None) -> int:
     res = open_graphs(run)
     tmp = Path(tempfile.mkdtemp(prefix="simpool-bench-"))
     jpeg = bench_image()
-    table = {name: [d for d in doors(name, jpeg) if d.name in run.door_names] for name in run.names}
+    table = {name: rows_of(name, jpeg, run.door_names) for name in run.names}
     bodies = write_bodies(table, tmp)
-    with servers(run.args.model_dir, run.names, run.service_env(), tmp) as up:
+    res.receiver = Receiver() if run.args.tracing_door else None
+    with servers(run.args.model_dir, run.names, run.service_env(), tmp, res.receiver) as up:
         check_doors(up, table, bodies, tmp)
         run_rounds(run, res, up, table, bodies)
         if run.args.lone_pairs:

@@ -12,6 +12,7 @@ import numpy as np
 import onnxruntime as ort
 
 from simpool_serve.service.engine.providers import ProviderOptions
+from simpool_serve.service.engine.views import graph_scale
 from simpool_serve.spec import INPUT, REQUIRED_OUTPUTS, SCALE_INPUT
 
 log = logging.getLogger("simpool_serve.runner")
@@ -116,13 +117,14 @@ class OnnxRunner:
         """uint8 [N, H, W, 3] → {"embedding": [N, D], "attention": [N, h, w], maybe "logits": [N, C]}.
 
         `scale` other than 1 is fed to the graph's optional scale input (the normalised image is
-        rescaled by it inside the graph); 1 leaves the input at its default.
+        rescaled by it inside the graph) as the float32 that sizes it as PyTorch does (`graph_scale`);
+        1 leaves the input at its default.
         """
         if self.io_binding:
             return self._run_bound(images, scale)
         feed = {INPUT: images}
         if scale != 1.0:
-            feed[SCALE_INPUT] = np.asarray(scale, dtype=np.float32)
+            feed[SCALE_INPUT] = np.asarray(graph_scale(images.shape[1:3], scale), dtype=np.float32)
         outputs = self.session.run(self.output_names, feed)
         return dict(zip(self.output_names, outputs, strict=True))
 
@@ -131,7 +133,7 @@ class OnnxRunner:
         binding = self.session.io_binding()
         binding.bind_cpu_input(INPUT, np.ascontiguousarray(images))
         if scale != 1.0:
-            binding.bind_cpu_input(SCALE_INPUT, np.asarray(scale, dtype=np.float32))
+            binding.bind_cpu_input(SCALE_INPUT, np.asarray(graph_scale(images.shape[1:3], scale), np.float32))
         for name in self.output_names:
             binding.bind_output(name, "cpu")
         self.session.run_with_iobinding(binding)

@@ -174,8 +174,37 @@ def covered_geometry(view: FullView, covered: tuple[int, int]) -> Geometry:
 
 
 def scaled_side(side: int, scale: float) -> int:
-    """A side after bilinear rescaling by `scale` (`F.interpolate(scale_factor=...)`: floor)."""
-    return math.floor(side * scale)
+    """A side after bilinear rescaling by `scale`, as the paper's `F.interpolate(scale_factor=s)` sizes
+    it: floor(side · s) in float64 (PyTorch's `compute_output_size`), e.g. 62 for 90 × 0.7."""
+    return math.floor(float(side) * float(scale))
+
+
+def graph_side(side: int, scale: np.float32) -> int:
+    """The side onnxruntime's `Resize` gives for a float32 scale: the float32 product, truncated
+    (63 for 90 × float32(0.7), where PyTorch's float64 floor gives 62)."""
+    return int(np.float32(side) * np.float32(scale))
+
+
+def graph_scale(shape: Sequence[int], scale: float) -> np.float32:
+    """The float32 scale to feed the graph so that its `Resize` gives `shape` (H, W) the sides that
+    `scaled_side` (PyTorch, float64) gives.
+
+    float32(s) times a side can round up onto the next integer where the float64 product lies just
+    below it; a neighbour a few ulps away (moving the sampling positions by under 1e-6 of a pixel)
+    then gives PyTorch's side. H and W share one scale in the graph: where no float32 gives both (one
+    product an exact integer, the other a hair below one), float32(s) is fed as it is.
+    """
+    want = [scaled_side(side, scale) for side in shape]
+    base = np.float32(scale)
+    up = down = base
+    candidates = [base]
+    for _ in range(4):
+        up, down = np.nextafter(up, np.float32(np.inf)), np.nextafter(down, np.float32(0))
+        candidates += [down, up]
+    for candidate in candidates:
+        if [graph_side(side, candidate) for side in shape] == want:
+            return candidate
+    return base
 
 
 def min_side(input_size: int, grid: tuple[int, int]) -> int:

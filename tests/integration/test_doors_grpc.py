@@ -397,8 +397,9 @@ def test_committed_stubs_are_what_the_proto_generates(tmp_path: Path) -> None:
 
 # KServe's client registers the same `inference` package as tritonclient (both in protobuf's global
 # pool), so it runs in its own process. Its dependencies (pandas < 3, kubernetes, cryptography, ...)
-# are not in the dev extra: the test runs where `kserve` is importable, e.g. with
-# KSERVE_PYTHONPATH=<a pip --target folder holding kserve>.
+# are not in the dev extra: .ci/run installs the client into a pip --target folder outside .venv (the
+# one below, or KSERVE_PYTHONPATH), which the test puts on the subprocess's PYTHONPATH.
+KSERVE_CLIENT = Path.home() / ".cache" / "simpool-ci" / "kserve-client"
 _KSERVE = """
 import asyncio, sys
 try:
@@ -438,13 +439,18 @@ asyncio.run(main(*sys.argv[1:]))
 
 
 def test_kserve_grpc_client(served: GrpcServer, photos: dict[str, Path]) -> None:
+    folder = Path(os.environ.get("KSERVE_PYTHONPATH") or KSERVE_CLIENT)
     env = dict(os.environ)
-    if os.environ.get("KSERVE_PYTHONPATH"):
-        env["PYTHONPATH"] = os.environ["KSERVE_PYTHONPATH"]
+    if folder.is_dir():
+        env["PYTHONPATH"] = str(folder)
     cmd = [sys.executable, "-c", _KSERVE, served.address, KEY, str(photos["chelsea.jpg"])]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
     if proc.returncode == 77:
-        pytest.skip(f"kserve is not importable here: {proc.stdout.strip()}")
+        pytest.skip(
+            f"kserve is not importable ({proc.stdout.strip()}) with {folder} on PYTHONPATH; install it "
+            "as .ci/run does (its kserve block: pip install --no-deps --target <folder> kserve==0.21.0 ...) "
+            "into that folder, or point KSERVE_PYTHONPATH at one"
+        )
     assert proc.returncode == 0 and "kserve ok" in proc.stdout, proc.stdout + proc.stderr
 
 

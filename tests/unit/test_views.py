@@ -8,6 +8,7 @@ import random
 import numpy as np
 import pytest
 import skimage.data as data
+import torch  # the paper's F.interpolate sizes the rescaled view (imported here: it runs ldconfig)
 from PIL import Image, ImageOps
 
 from simpool_serve.service.engine.boxes import image_box
@@ -23,8 +24,11 @@ from simpool_serve.service.engine.views import (
     covered_geometry,
     crop_box,
     full_view,
+    graph_scale,
+    graph_side,
     min_side,
     render,
+    scaled_side,
     thumbnail_size,
 )
 from simpool_serve.service.http_status import status_of
@@ -241,3 +245,65 @@ def test_scales_minimum_side() -> None:
     check_scales((45, 23), [1, 2**-0.5], 16)  # 23 · 0.7071 = 16.26
     with pytest.raises(ViewTooSmall):
         check_scales((45, 22), [1, 2**-0.5], 16)
+
+
+def _resize_graph() -> object:
+    """The export's rescale alone: a float32 scalar `scale` → Resize scales [1, 1, s, s] (linear,
+    half_pixel), in a real onnxruntime session."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, "H", "W"])
+    scale = helper.make_tensor_value_info("scale", TensorProto.FLOAT, [])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    lead = numpy_helper.from_array(np.ones(2, np.float32), "lead")
+    one = numpy_helper.from_array(np.ones(1, np.int64), "one")
+    nodes = [
+        helper.make_node("Reshape", ["scale", "one"], ["s1"]),
+        helper.make_node("Concat", ["lead", "s1", "s1"], ["scales"], axis=0),
+        helper.make_node(
+            "Resize", ["x", "", "scales"], ["y"], mode="linear", coordinate_transformation_mode="half_pixel"
+        ),
+    ]
+    graph = helper.make_graph(nodes, "rescale", [x, scale], [y], initializer=[lead, one])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+# (H, W, s): float32(s)·H rounds up onto an integer where PyTorch's float64 product lies just below
+# it (90·0.7 = 62.99999999999999), with sides that are exact in both, and the paper's 1/√2 and 1/2.
+BOUNDARIES = [
+    (90, 224, 0.7),
+    (170, 512, 0.7),
+    (1460, 1024, 0.7),
+    (180, 101, 0.35),
+    (340, 512, 0.35),
+    (338, 512, 0.7071),
+    (512, 384, 2**-0.5),
+    (63, 300, 0.5),
+    (45, 23, 0.7071),
+]
+
+
+@pytest.mark.parametrize(("h", "w", "s"), BOUNDARIES)
+def test_rescaled_sides_agree_with_pytorch_at_boundaries(h: int, w: int, s: float) -> None:
+    """The paper's `F.interpolate(x, scale_factor=s)` sizes in float64; onnxruntime's Resize in float32.
+    `scaled_side` (the minimum-side check) and the graph fed `graph_scale` both give PyTorch's sides."""
+    want = tuple(
+        torch.nn.functional.interpolate(torch.zeros(1, 1, h, w), scale_factor=s, mode="bilinear").shape[2:]
+    )
+    assert (scaled_side(h, s), scaled_side(w, s)) == want
+    fed = graph_scale((h, w), s)
+    assert abs(float(fed) - s) < 4e-7  # a few float32 ulps: sampling moves by under 1e-6 of a pixel
+    assert (graph_side(h, fed), graph_side(w, fed)) == want
+    got = _resize_graph().run(None, {"x": np.zeros((1, 1, h, w), np.float32), "scale": np.asarray(fed)})[0]
+    assert got.shape[2:] == want
+
+
+def test_float32_scale_alone_misses_pytorch_at_a_boundary() -> None:
+    """Without `graph_scale` the graph would give 63 rows where the paper's code gives 62."""
+    x = np.zeros((1, 1, 90, 224), np.float32)
+    got = _resize_graph().run(None, {"x": x, "scale": np.asarray(0.7, np.float32)})[0]
+    assert got.shape[2] == graph_side(90, np.float32(0.7)) == 63 and scaled_side(90, 0.7) == 62
+    # One scale for both sides: 100 · 0.35 = 35 exactly, 180 · 0.35 a hair under 63; no float32 gives both.
+    assert graph_scale((180, 100), 0.35) == np.float32(0.35)
