@@ -173,10 +173,21 @@ def covered_geometry(view: FullView, covered: tuple[int, int]) -> Geometry:
     return Geometry(view.geometry.width, view.geometry.height, part)
 
 
+# The paper's multi_scale runs at 1, 1/√2 and 1/2. A request's scales are identified to four decimals
+# (fingerprints, whitening fits), so 0.7071 stands for 1/√2 and is computed as it: PyTorch sizes a
+# 338-row side at 1/√2 as 239 rows, at 0.7071 as 238.
+_EXACT = {0.7071: 2**-0.5}
+
+
+def exact_scale(scale: float) -> float:
+    """The scale computed for a requested one: 1/√2 for 0.7071 (to four decimals), else itself."""
+    return _EXACT.get(round(float(scale), 4), float(scale))
+
+
 def scaled_side(side: int, scale: float) -> int:
     """A side after bilinear rescaling by `scale`, as the paper's `F.interpolate(scale_factor=s)` sizes
     it: floor(side · s) in float64 (PyTorch's `compute_output_size`), e.g. 62 for 90 × 0.7."""
-    return math.floor(float(side) * float(scale))
+    return math.floor(float(side) * exact_scale(scale))
 
 
 def graph_side(side: int, scale: np.float32) -> int:
@@ -195,7 +206,7 @@ def graph_scale(shape: Sequence[int], scale: float) -> np.float32:
     product an exact integer, the other a hair below one), float32(s) is fed as it is.
     """
     want = [scaled_side(side, scale) for side in shape]
-    base = np.float32(scale)
+    base = np.float32(exact_scale(scale))
     up = down = base
     candidates = [base]
     for _ in range(4):

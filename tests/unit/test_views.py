@@ -23,6 +23,7 @@ from simpool_serve.service.engine.views import (
     check_scales,
     covered_geometry,
     crop_box,
+    exact_scale,
     full_view,
     graph_scale,
     graph_side,
@@ -278,11 +279,18 @@ BOUNDARIES = [
     (1460, 1024, 0.7),
     (180, 101, 0.35),
     (340, 512, 0.35),
-    (338, 512, 0.7071),
+    (338, 512, 2**-0.5),
     (512, 384, 2**-0.5),
     (63, 300, 0.5),
     (45, 23, 0.7071),
 ]
+
+
+def test_0_7071_is_the_papers_inverse_square_root_of_two() -> None:
+    """Scales are identified to four decimals; 0.7071 is computed as 1/√2, as the paper's code runs it:
+    at 338 rows PyTorch gives 239 for 1/√2 and 238 for 0.7071."""
+    assert exact_scale(0.7071) == exact_scale(2**-0.5) == 2**-0.5 and exact_scale(0.5) == 0.5
+    assert scaled_side(338, 0.7071) == 239 == scaled_side(338, 2**-0.5)
 
 
 @pytest.mark.parametrize(("h", "w", "s"), BOUNDARIES)
@@ -290,11 +298,15 @@ def test_rescaled_sides_agree_with_pytorch_at_boundaries(h: int, w: int, s: floa
     """The paper's `F.interpolate(x, scale_factor=s)` sizes in float64; onnxruntime's Resize in float32.
     `scaled_side` (the minimum-side check) and the graph fed `graph_scale` both give PyTorch's sides."""
     want = tuple(
-        torch.nn.functional.interpolate(torch.zeros(1, 1, h, w), scale_factor=s, mode="bilinear").shape[2:]
+        torch.nn.functional.interpolate(
+            torch.zeros(1, 1, h, w), scale_factor=exact_scale(s), mode="bilinear"
+        ).shape[2:]
     )
     assert (scaled_side(h, s), scaled_side(w, s)) == want
     fed = graph_scale((h, w), s)
-    assert abs(float(fed) - s) < 4e-7  # a few float32 ulps: sampling moves by under 1e-6 of a pixel
+    assert (
+        abs(float(fed) - exact_scale(s)) < 4e-7
+    )  # a few float32 ulps: sampling moves by under 1e-6 of a pixel
     assert (graph_side(h, fed), graph_side(w, fed)) == want
     got = _resize_graph().run(None, {"x": np.zeros((1, 1, h, w), np.float32), "scale": np.asarray(fed)})[0]
     assert got.shape[2:] == want
