@@ -238,11 +238,14 @@ def measure(
             loaded = hey(server.url, server.door, body, args.clients, args.seconds)
             row = {"images_per_s": loaded["images_per_s"], "p50_ms": loaded["p50_ms"]}
             row["failed"] = loaded["requests"] - loaded["ok"]
+            if row["failed"]:
+                row["statuses"] = loaded["statuses"]
             row.update(lone(graph, pixels, server, args.lone_pairs, args.lone_gap))
             rows[server.name].append(row)
             print(
                 f"round {r + 1}, {server.name}: {row['images_per_s']:.1f} images/s, "
-                f"lone {row['lone_ms']:.1f} ms (graph {row['graph_ms']:.1f} ms); {row['failed']} failed",
+                f"lone {row['lone_ms']:.1f} ms (graph {row['graph_ms']:.1f} ms); "
+                f"{row['failed']} failed {row.get('statuses', '')}",
                 flush=True,
             )
     return rows

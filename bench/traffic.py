@@ -17,6 +17,7 @@ import io
 import json
 import subprocess
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -118,6 +119,7 @@ def hey(url: str, door: Door, body: Path, concurrency: int, seconds: float, qps:
     end = max((float(r["offset"]) + float(r["response-time"]) for r in rows), default=wall)
     return {
         "requests": len(rows),
+        "statuses": dict(Counter(r["status-code"] or "none" for r in rows)),  # what the failures were
         "ok": len(ok),
         "images_per_s": len(ok) / end if end else 0.0,
         "p50_ms": float(np.percentile(ok, 50) * 1e3) if ok else float("nan"),
