@@ -36,6 +36,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -82,6 +83,12 @@ class Server:
     name: str
     url: str
     door: Door
+    pid: int  # stopped (SIGSTOP) while another server is measured
+    group: bool  # the pid leads a process group of its own (a peer's workers): signal all of it
+
+    def signal(self, sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.pid, sig) if self.group else os.kill(self.pid, sig)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -145,8 +152,8 @@ def project_site_dirs() -> list[str]:
 
 
 @contextlib.contextmanager
-def peer_server(peer: Peer, python: Path, folder: Path, threads: int, log: Path) -> Iterator[str]:
-    """The peer on a free loopback port, its whole process group stopped afterwards."""
+def peer_server(peer: Peer, python: Path, folder: Path, threads: int, log: Path) -> Iterator[tuple[str, int]]:
+    """The peer on a free loopback port (its URL and process group), the whole group stopped after."""
     port = free_port()
     env = {**os.environ, "SIMPOOL_PEER_MODEL": str(folder.resolve()), "SIMPOOL_PEER_THREADS": str(threads)}
     with log.open("wb") as fh:
@@ -159,9 +166,10 @@ def peer_server(peer: Peer, python: Path, folder: Path, threads: int, log: Path)
             start_new_session=True,
         )
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", proc.pid
     finally:
         with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGCONT)
             os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(timeout=30)
@@ -233,22 +241,45 @@ def measure(
     rows: dict[str, list[dict[str, float]]] = {s.name: [] for s in servers}
     for r in range(args.rounds):
         for server in servers[r % len(servers) :] + servers[: r % len(servers)]:
-            body = tmp / f"body-{len(rows[server.name])}-{server.name.replace(' ', '_')}"
-            body.write_bytes(server.door.body)
-            loaded = hey(server.url, server.door, body, args.clients, args.seconds)
-            row = {"images_per_s": loaded["images_per_s"], "p50_ms": loaded["p50_ms"]}
-            row["failed"] = loaded["requests"] - loaded["ok"]
-            if row["failed"]:
-                row["statuses"] = loaded["statuses"]
-            row.update(lone(graph, pixels, server, args.lone_pairs, args.lone_gap))
-            rows[server.name].append(row)
-            print(
-                f"round {r + 1}, {server.name}: {row['images_per_s']:.1f} images/s, "
-                f"lone {row['lone_ms']:.1f} ms (graph {row['graph_ms']:.1f} ms); "
-                f"{row['failed']} failed {row.get('statuses', '')}",
-                flush=True,
-            )
+            with only(server, servers):
+                rows[server.name].append(one_server(server, graph, pixels, args, tmp, r))
     return rows
+
+
+@contextlib.contextmanager
+def only(server: Server, servers: list[Server]) -> Iterator[None]:
+    """The other servers frozen (SIGSTOP) while `server` is measured: an idle server may still
+    take CPU (LitServe's worker polls its queue: 10 % of a core here), and on 2 cores that would
+    slow whichever server is measured, and the graph's batch-1 it is paired with."""
+    others = [s for s in servers if s is not server]
+    try:
+        for other in others:
+            other.signal(signal.SIGSTOP)
+        yield
+    finally:
+        for other in others:
+            other.signal(signal.SIGCONT)
+
+
+def one_server(
+    server: Server, graph: OnnxRunner, pixels: np.ndarray, args: argparse.Namespace, tmp: Path, r: int
+) -> dict[str, float]:
+    """One server's round: under load, then lone requests."""
+    body = tmp / f"body-{r}-{server.name.replace(' ', '_')}"
+    body.write_bytes(server.door.body)
+    loaded = hey(server.url, server.door, body, args.clients, args.seconds)
+    row: dict[str, Any] = {"images_per_s": loaded["images_per_s"], "p50_ms": loaded["p50_ms"]}
+    row["failed"] = loaded["requests"] - loaded["ok"]
+    if row["failed"]:
+        row["statuses"] = loaded["statuses"]  # what the failures were
+    row.update(lone(graph, pixels, server, args.lone_pairs, args.lone_gap))
+    print(
+        f"round {r + 1}, {server.name}: {row['images_per_s']:.1f} images/s, "
+        f"lone {row['lone_ms']:.1f} ms (graph {row['graph_ms']:.1f} ms); "
+        f"{row['failed']} failed {row.get('statuses', '')}",
+        flush=True,
+    )
+    return row
 
 
 # -- the table ---------------------------------------------------------------------------------------
@@ -326,11 +357,13 @@ def main(argv: list[str] | None = None) -> int:
     }
     with contextlib.ExitStack() as stack:
         ours = stack.enter_context(serve(repo, env, tmp / "simpool-serve.log"))
-        servers = [Server(OURS, ours.url, json_door("/embed", jpeg, args.model))]
+        servers = [Server(OURS, ours.url, json_door("/embed", jpeg, args.model), ours.pid, False)]
         for key, python in pythons.items():
             peer = PEERS[key]
-            url = stack.enter_context(peer_server(peer, python, folder, args.threads, tmp / f"{key}.log"))
-            servers.append(Server(peer.name, url, json_door(peer.path, jpeg, None)))
+            url, group = stack.enter_context(
+                peer_server(peer, python, folder, args.threads, tmp / f"{key}.log")
+            )
+            servers.append(Server(peer.name, url, json_door(peer.path, jpeg, None), group, True))
         answers = {s.name: wait_ready(s, tmp / f"{s.name}.log") for s in servers}
         first = answers[OURS]
         for name, vector in answers.items():
