@@ -272,6 +272,8 @@ def one_server(
     row["failed"] = loaded["requests"] - loaded["ok"]
     if row["failed"]:
         row["statuses"] = loaded["statuses"]  # what the failures were
+    # The requests still queued when hey stopped drain before the lone ones: the slowest answer's time.
+    time.sleep(min(15.0, (loaded["p99_ms"] if loaded["ok"] else 0.0) / 1e3 + 1.0))
     row.update(lone(graph, pixels, server, args.lone_pairs, args.lone_gap))
     print(
         f"round {r + 1}, {server.name}: {row['images_per_s']:.1f} images/s, "
