@@ -20,6 +20,7 @@ import json
 import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -168,7 +169,9 @@ def hey(
     wall = time.perf_counter() - t0
     rows = list(csv.DictReader(io.StringIO(out)))
     answered = [(float(r["offset"]), float(r["response-time"])) for r in rows if r["status-code"] == "200"]
-    return _summary(answered, len(rows), wall)
+    summary = _summary(answered, len(rows), wall)
+    summary["statuses"] = dict(Counter(r["status-code"] or "none" for r in rows))  # what the failures were
+    return summary
 
 
 class OneClient:

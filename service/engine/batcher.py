@@ -11,6 +11,10 @@ Lanes: when nothing runs and the queue holds at most one batch, that batch runs 
 thread (`run`: the lowest latency). With more work waiting, up to `lanes` batches run at once, each
 on its share of the threads (`lane_run`): on a CPU that also decodes and serves HTTP, independent
 single-thread runs lose less to preemption than one run whose threads wait for each other.
+
+Alone: one image arriving at an idle model (`idle_for`) may skip the queue (`run_alone`): its decode
+and its batch-1 run are one job on one inference thread, so it costs one hand-off to a thread and one
+back, not four, and no wake-up of the batcher's loop; the model counts as busy meanwhile.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -58,6 +63,7 @@ class Job:
     enqueued_at: float
     trace: object | None = None
     batches: list[BatchRun] = field(default_factory=list)
+    prepared: Any = None  # `run_alone`: what the preparation returned besides the pixels
     remaining: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -110,6 +116,7 @@ class Batcher:
         self._reserved = 0  # images admitted and still decoding
         self._batches: set[asyncio.Task[None]] = set()  # batches executing now
         self._solo = False  # the one running batch has every thread
+        self._alone: asyncio.Future[Any] | None = None  # a lone image's decode and run (`run_alone`)
         self._run_now = False  # the queue's head arrived at an idle model
         self._closing = False
         # Batches that failed in a row (reset by a success) and the last one's error: the engine's
@@ -189,7 +196,7 @@ class Batcher:
         if not self.alive:
             job.future.set_exception(not_ready(f"model {self.model!r} is not serving"))
             return job
-        if not self._batches and not self._queue:
+        if not self._batches and not self._queue and self._alone is None:
             self._run_now = True
         self._queue.extend(_Item(job, i, p, scale) for i, p in present)
         self._depth.set(len(self._queue))
@@ -214,7 +221,7 @@ class Batcher:
                     break
                 await self._sleep()
                 continue
-            if self._solo or len(self._batches) >= self.lanes:  # every thread is taken
+            if self._solo or self._alone is not None or len(self._batches) >= self.lanes:  # all taken
                 await self._sleep()
                 continue
             if len(self._queue) < self.max_batch_size and not self._run_now and not self._closing:
@@ -231,8 +238,9 @@ class Batcher:
             batch = loop.create_task(self._execute(loop, items, solo), name=f"batch:{self.model}")
             self._batches.add(batch)
             batch.add_done_callback(functools.partial(self._on_batch_done, items))
-        if self._batches:  # closing: the batches already running finish first
-            await asyncio.gather(*self._batches, return_exceptions=True)
+        running = [*self._batches, *([self._alone] if self._alone is not None else [])]
+        if running:  # closing: the batches already running finish first
+            await asyncio.gather(*running, return_exceptions=True)
 
     def _take(self) -> list[_Item]:
         """The next batch: up to `max_batch_size` images of the head's shape and scale, in queue order."""
@@ -281,23 +289,13 @@ class Batcher:
                 self._executor, self._infer, run, [i.pixels for i in items]
             )
         except Exception as exc:
-            log.exception("batch of %d images on model %s failed", len(items), self.model)
-            self.failed_in_a_row += 1
-            self.last_failure = _summary(exc)
-            error = EngineError(
-                Kind.INTERNAL,
-                f"inference failed on model {self.model!r} ({self.last_failure}); the full error is in the "
-                "server log",
-                "inference_error",
-            )
+            error = self._failed(exc, len(items))
             for item in items:
                 if not item.job.future.done():
                     item.job.future.set_exception(error)
                     self.cancel(item.job)  # its other images need not run
             return
-        self.failed_in_a_row = 0
-        self._inference.observe(seconds)
-        self._stage_inference.observe(seconds)
+        self._succeeded(seconds)
         _record_batch(items, start_ns)
         for pos, item in enumerate(items):
             job = item.job
@@ -308,6 +306,79 @@ class Batcher:
             if job.remaining == 0:
                 job.future.set_result(job.results)
 
+    def _failed(self, exc: Exception, images: int) -> EngineError:
+        """A batch's failure: logged, counted towards readiness, and the error its requests get."""
+        log.error("batch of %d images on model %s failed", images, self.model, exc_info=exc)
+        self.failed_in_a_row += 1
+        self.last_failure = _summary(exc)
+        return EngineError(
+            Kind.INTERNAL,
+            f"inference failed on model {self.model!r} ({self.last_failure}); the full error is in the "
+            "server log",
+            "inference_error",
+        )
+
+    def _succeeded(self, seconds: float) -> None:
+        self.failed_in_a_row = 0
+        self._inference.observe(seconds)
+        self._stage_inference.observe(seconds)
+
+    # -- alone -----------------------------------------------------------------------------------
+
+    def idle_for(self, n: int) -> bool:
+        """Whether the `n` images just admitted are all the model has (nothing queued, running, or
+        decoding for another request): then `run_alone` may take one of them."""
+        return (
+            self.alive
+            and not self._closing
+            and not self._batches
+            and not self._queue
+            and self._alone is None
+            and self._reserved == n
+        )
+
+    def run_alone(self, prepare: Callable[[], tuple[np.ndarray, Any]]) -> Job:
+        """One admitted image at an idle model (`idle_for(1)`), in one job of an inference thread:
+        `prepare()` (its decode: the pixels, and anything else, kept in `Job.prepared`), then the graph
+        on every intra-op thread. The job's future is `submit`'s (the graph's failure an `EngineError`
+        as for a batch), or holds the exception `prepare` raised."""
+        loop = asyncio.get_running_loop()
+        job = Job([None], loop.create_future(), time.perf_counter())
+        self.release(1)
+        self._alone = loop.run_in_executor(self._executor, self._prepare_and_infer, prepare)
+        self._alone.add_done_callback(functools.partial(self._on_alone_done, job))
+        return job
+
+    def _prepare_and_infer(self, prepare: Callable[[], tuple[np.ndarray, Any]]) -> tuple[Outputs, float, Any]:
+        """Runs in an inference thread: the preparation, then the graph on every thread."""
+        try:
+            pixels, prepared = prepare()
+        except Exception as exc:
+            raise _Unprepared from exc
+        outputs, seconds = self._infer(self._run, [pixels])
+        return outputs, seconds, prepared
+
+    def _on_alone_done(self, job: Job, done: asyncio.Future[tuple[Outputs, float, Any]]) -> None:
+        self._alone = None
+        self._wake.set()  # images queued meanwhile may run now
+        exc = done.exception() if not done.cancelled() else not_ready(f"model {self.model!r} stopped")
+        if isinstance(exc, _Unprepared):
+            error: BaseException = exc.__cause__ or exc
+        elif exc is not None:
+            error = self._failed(exc, 1) if isinstance(exc, Exception) else exc
+        else:
+            outputs, seconds, job.prepared = done.result()
+            self._stage_wait.observe(0.0)  # it never queued
+            self._batch_size.observe(1)
+            self._succeeded(seconds)
+            if not job.future.done():
+                job.results[0] = {name: out[0] for name, out in outputs.items()}
+                job.remaining = 0
+                job.future.set_result(job.results)
+            return
+        if not job.future.done():
+            job.future.set_exception(error)
+
     @staticmethod
     def _infer(run: Callable[[np.ndarray], Outputs], pixels: list[np.ndarray]) -> tuple[Outputs, float]:
         """Runs in an inference thread: stack (the one copy; a lone image goes in as it is) and run."""
@@ -315,6 +386,10 @@ class Batcher:
         start = time.perf_counter()
         outputs = run(batch)
         return outputs, time.perf_counter() - start
+
+
+class _Unprepared(Exception):
+    """`run_alone`'s preparation failed (its cause is the error): not the graph's failure."""
 
 
 def _record_batch(items: list[_Item], start_ns: int) -> None:

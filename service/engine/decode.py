@@ -31,7 +31,8 @@ from simpool_serve.spec import Manifest
 
 Payload = bytes | str  # an encoded image: its bytes, or base64 text (plain or a data URI)
 
-_WHITESPACE = str.maketrans("", "", " \t\r\n")
+_SPACES = " \t\r\n"
+_WHITESPACE = str.maketrans("", "", _SPACES)
 
 
 def payload_bytes(payload: Payload, max_bytes: int) -> bytes:
@@ -47,7 +48,8 @@ def payload_bytes(payload: Payload, max_bytes: int) -> bytes:
             raise ImageError("data URI is not base64 (expected data:image/...;base64,...)")
     elif text.lstrip()[:8].lower().startswith(("http://", "https://", "file://")):  # ':' is never base64
         raise ImageError("URLs are not fetched; send the image bytes (base64, a data URI or a file part)")
-    text = text.translate(_WHITESPACE)  # line-wrapped base64 (MIME, `base64` tool) is accepted
+    if any(c in text for c in _SPACES):  # line-wrapped base64 (MIME, `base64` tool) is accepted
+        text = text.translate(_WHITESPACE)  # (only then: 40 µs for a 500×375 JPEG's base64, the look 4 µs)
     if len(text) // 4 * 3 > max_bytes + 3:  # refused before decoding; exact below
         raise ImageTooLarge(image_bytes_message(len(text) // 4 * 3, max_bytes, about=True))
     try:

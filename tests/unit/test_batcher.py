@@ -281,3 +281,64 @@ def test_a_batch_holds_one_shape_and_one_scale() -> None:
     for shape, scale, ids in graph.batches:
         assert all(shapes[i - 1] == shape[:2] for i in ids), (shape, scale, ids)
     assert sum(len(ids) for _, _, ids in graph.batches) == 12
+
+
+def test_a_lone_image_at_an_idle_model_runs_alone_in_one_thread_job() -> None:
+    """`run_alone`: the preparation and the graph run in the same inference thread, one after the other;
+    an image submitted meanwhile waits for it (the model is busy), then runs; metrics count both."""
+    graph, metrics = FakeGraph(delay_s=0.05), Metrics(4)
+    seen: list[str] = []
+
+    def prepare() -> tuple[np.ndarray, str]:
+        seen.append(threading.current_thread().name)
+        return image(7), "geometry"
+
+    async def scenario() -> tuple[Any, Any, bool, bool]:
+        with ThreadPoolExecutor(2, thread_name_prefix="infer") as pool:
+            batcher = make(graph, pool, metrics, max_delay_s=0.0)
+            batcher.start()
+            batcher.reserve(1)
+            assert batcher.idle_for(1) and not batcher.idle_for(2)
+            job = batcher.run_alone(prepare)
+            busy = not batcher.idle_for(0)
+            batcher.reserve(1)
+            other = batcher.submit([image(8)])
+            answers = await job.future
+            await other.future
+            await asyncio.sleep(0.05)  # the batch's task ends after its answers are out
+            idle_again = batcher.idle_for(0)
+            await batcher.close()
+        return answers, job.prepared, busy, idle_again
+
+    answers, prepared, busy, idle_again = run(scenario())
+    assert [int(a["id"]) for a in answers] == [7] and prepared == "geometry"
+    assert busy and idle_again
+    assert graph.batches == [[7], [8]]  # one after the other, never side by side
+    assert seen and seen[0] in graph.threads
+    assert sample(metrics, "simpool_batch_size_count", model="fake") == 2
+
+
+def test_run_alone_reports_the_preparation_and_the_graph_failures_apart() -> None:
+    """A failed preparation (the decode) comes back as its own error; a failed graph as a batch's
+    inference error, counted towards readiness."""
+    graph = FakeGraph()
+
+    def bad_image() -> tuple[np.ndarray, None]:
+        raise ValueError("not an image")
+
+    async def scenario() -> tuple[BaseException | None, BaseException | None, int]:
+        with ThreadPoolExecutor(1) as pool:
+            batcher = make(graph, pool, Metrics(4))
+            batcher.start()
+            errors = []
+            for prepare in (bad_image, lambda: (image(POISON), None)):
+                batcher.reserve(1)
+                errors.append(await asyncio.gather(batcher.run_alone(prepare).future, return_exceptions=True))
+            failed = batcher.failed_in_a_row
+            await batcher.close()
+        return errors[0][0], errors[1][0], failed
+
+    decode_error, graph_error, failed = run(scenario())
+    assert isinstance(decode_error, ValueError) and str(decode_error) == "not an image"
+    assert isinstance(graph_error, EngineError) and graph_error.kind == Kind.INTERNAL
+    assert failed == 1
