@@ -54,9 +54,10 @@ def load_repository(repo: Path) -> tuple[Mapping[str, LoadedModel], Exception | 
             await engine.load()
         except Exception as exc:
             return engine.models, exc
+        else:
+            return engine.models, None  # what serves before the close retires every model
         finally:
             await engine.close()
-        return engine.models, None
 
     return asyncio.run(asyncio.wait_for(scenario(), timeout=60))
 
