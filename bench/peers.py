@@ -126,13 +126,13 @@ def ensure_venv(key: str, peer: Peer, venv_dir: Path) -> Path:
     python = venv / "bin" / "python"
     stamp = venv / "simpool-peer.json"
     wanted = json.dumps({"packages": peer.packages, "python": platform.python_version()})
-    if stamp.exists() and stamp.read_text() == wanted:
-        return python
-    print(f"creating {venv} with {' '.join(peer.packages)} ...", flush=True)
-    subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
-    subprocess.run([str(python), "-m", "pip", "install", "-q", *peer.packages], check=True)
-    # After pip (which must not see the project's packages): the peer's own packages come first, then
-    # the project's environment (numpy, Pillow, onnxruntime, simpool_serve) as this interpreter sees it.
+    if not (stamp.exists() and stamp.read_text() == wanted):
+        print(f"creating {venv} with {' '.join(peer.packages)} ...", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", *peer.packages], check=True)
+    # After pip (which must not see the project's packages), and on every run (the venv may have been
+    # made from another checkout): the peer's own packages come first, then the project's environment
+    # (numpy, Pillow, onnxruntime, simpool_serve) as this interpreter sees it.
     site_dir = Path(
         subprocess.check_output(
             [str(python), "-c", "import site; print(site.getsitepackages()[0])"], text=True
