@@ -140,7 +140,7 @@ class EngineConfig(BaseSettings):
 
     @field_validator("model_control", mode="before")
     @classmethod
-    def _lower(cls, value: object) -> object:
+    def _mode_lower(cls, value: object) -> object:  # not `_lower`: Settings has its own of that name
         return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("default_model", mode="before")

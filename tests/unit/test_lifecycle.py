@@ -192,3 +192,11 @@ def test_a_failed_explicit_load_says_why_and_keeps_the_version(repo: Path) -> No
             await engine.close()
 
     run(scenario())
+
+
+def test_the_mode_setting_is_read_as_the_server_reads_it() -> None:
+    """`SIMPOOL_MODEL_CONTROL=Poll` is `poll` for the server's settings as for the engine's own."""
+    from simpool_serve.service.settings import Settings
+
+    assert Settings(model_control="Poll", load_models="a, b").model_control == "poll"
+    assert Settings(load_models="a, b").load_models == ["a", "b"]
