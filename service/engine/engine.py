@@ -445,7 +445,7 @@ class Engine:
                 raise EngineError(failure.kind, f"image 0: {failure.detail}", failure.reason) from None
             if counted:
                 self.metrics.failures.labels(model.name, failure.reason).inc()
-                self.metrics.images.labels(model.name).inc(0)
+                self.metrics.images.labels(model.name).inc(0)  # the series exists, as the queue's path
             return Answer(model, [None], [failure], [None], resolved.fingerprint)
         if counted:
             self.metrics.images.labels(model.name).inc()

@@ -98,6 +98,7 @@ class Note:
 
     state: State
     reason: str
+    incomplete: bool = False  # its folder is still being written: worth coming back for
 
 
 class Repository:
@@ -156,7 +157,7 @@ class Repository:
         note = self._notes.get(name)
         if note is not None and note.state == "LOADING":
             return not_ready(f"model {name!r} is still loading", retry_after_s=5)
-        if note is not None and note.state == "UNAVAILABLE" and note.reason.startswith("incomplete"):
+        if note is not None and note.state == "UNAVAILABLE" and note.incomplete:
             return not_ready(
                 f"model {name!r} is not loaded yet: its folder is {note.reason}", retry_after_s=5
             )
@@ -219,9 +220,9 @@ class Repository:
     def _noted_incomplete(self, name: str, current: Version | None, exc: BaseException) -> None:
         reason = f"incomplete, waiting for the rest of its files: {exc}"
         if current is None:
-            self._notes[name] = Note("UNAVAILABLE", reason)
+            self._notes[name] = Note("UNAVAILABLE", reason, incomplete=True)
         else:
-            self._notes[name] = Note("READY", f"serving its previous version; the new one is {reason}")
+            self._notes[name] = Note("READY", f"serving its previous version; the new one is {reason}", True)
         log.info("model folder incomplete", extra={"model": name, "reason": str(exc)})
 
     def _failed(self, name: str, current: Version | None, exc: BaseException) -> None:
