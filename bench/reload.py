@@ -68,13 +68,18 @@ class Clients:
             t.join(timeout=120)
 
 
-def write_version(folder: Path, graph: onnx.ModelProto, manifest: dict, tag: str) -> tuple[float, str]:
-    """As an export writes: returns when the new manifest landed, and the new graph's fingerprint's sha."""
+def write_version(
+    folder: Path, graph: onnx.ModelProto, manifest: dict, tag: str, pause: float = 0.0
+) -> tuple[float, str]:
+    """A new version of the folder's model (`graph` with `tag` as its doc_string: other bytes, the same
+    computation), written as an export writes it: manifest removed, graph rewritten in place, `pause`,
+    then the new manifest renamed into place. Returns when it landed and the graph's sha256."""
     graph.doc_string = tag
     data = graph.SerializeToString()
     sha = hashlib.sha256(data).hexdigest()
     (folder / "manifest.json").unlink()
     (folder / "model.onnx").write_bytes(data)
+    time.sleep(pause)
     partial = folder / ".manifest.json.partial"
     partial.write_text(json.dumps({**manifest, "onnx_sha256": sha}))
     os.replace(partial, folder / "manifest.json")

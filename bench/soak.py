@@ -321,18 +321,11 @@ class Swapper:
         self.written = 0
 
     def write(self) -> None:
-        import hashlib
+        from reload import write_version
 
         self.written += 1
-        self.graph.doc_string = f"soak version {self.written}"
-        graph = self.graph.SerializeToString()
-        (self.folder / "manifest.json").unlink()
-        (self.folder / "model.onnx").write_bytes(graph)  # rewritten in place, as an export does
-        time.sleep(0.5)  # the export's own pause between the graph and the manifest, in small
-        manifest = {**self.manifest, "onnx_sha256": hashlib.sha256(graph).hexdigest()}
-        partial = self.folder / ".manifest.json.partial"
-        partial.write_text(json.dumps(manifest, indent=2))
-        os.replace(partial, self.folder / "manifest.json")
+        # with the export's own pause between the graph and the manifest, in small
+        write_version(self.folder, self.graph, self.manifest, f"soak version {self.written}", pause=0.5)
 
     async def run(self, until: float) -> None:
         while time.monotonic() + self.every < until:
