@@ -89,6 +89,9 @@ class OnnxRunner:
         # (virtual) CPU that cost resnet50 at batch 1 +15 ms (21 -> 37 ms, bench/run.py). The spin is
         # bounded, so an idle server burns no CPU (measured: 0.03 s CPU over 2 s idle).
         opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+        # Spinning is for a run's own parallel sections: left on after a run, the idle workers burned a
+        # core for ~50 ms after every request, the very time the answer is encoded and written.
+        opts.add_session_config_entry("session.force_spinning_stop", "1")
         opts.log_severity_level = 3
         session_providers = options.session_providers(wanted, model_path.parent)
         self.session = ort.InferenceSession(graph.data, sess_options=opts, providers=session_providers)
