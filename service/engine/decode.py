@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import time
+from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import numpy as np
@@ -69,11 +70,14 @@ class Decoder:
     jpeg_draft: bool
     metrics: Metrics
 
-    def pixels(self, payload: Payload, manifest: Manifest, model: str) -> tuple[np.ndarray, Geometry]:
-        """The model's pixels, and where their crop lies on the upright original (for boxes)."""
+    def pixels(
+        self, payload: Payload, manifest: Manifest, model: str, helper: Executor | None = None
+    ) -> tuple[np.ndarray, Geometry]:
+        """The model's pixels, and where their crop lies on the upright original (for boxes); with a
+        `helper` thread to share the resize with (a lone image, when the CPU is otherwise idle)."""
         start = time.perf_counter()
         data = payload_bytes(payload, self.limits.max_image_bytes)
-        out = decode(data, manifest, self.limits.max_image_pixels, draft=self.jpeg_draft)
+        out = decode(data, manifest, self.limits.max_image_pixels, draft=self.jpeg_draft, helper=helper)
         self.metrics.stage_duration.labels(model, "decode").observe(time.perf_counter() - start)
         return out
 

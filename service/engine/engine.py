@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Literal, TypeVar
 
 import numpy as np
 
+from simpool_serve.service.engine import split_resize
 from simpool_serve.service.engine.batcher import Job, Outputs
 from simpool_serve.service.engine.boxes import attention_box
 from simpool_serve.service.engine.config import EngineConfig
@@ -132,6 +133,10 @@ class Engine:
         # decodes or runs requests.
         self._loader = ThreadPoolExecutor(1, thread_name_prefix="load")
         self._decoder = Decoder(self.limits, config.jpeg_draft, metrics)
+        # A lone image shares its resize with an idle thread of the pool, where that gives Pillow's pixels.
+        self._resize_helper = self._pool if split_resize.agrees(self._pool) else None
+        if self._resize_helper is None:
+            log.warning("this Pillow orders its resize passes otherwise: a lone image resizes on one thread")
         # One request decodes at most this many of its images at once, so the pool's queue interleaves
         # requests: a 64-image request of 50-megapixel PNGs made a lone image wait 15.7 s when all 64 were
         # queued ahead of it; now it waits for at most one decode.
@@ -433,7 +438,7 @@ class Engine:
         thread (batcher.py, Alone), the same answer as through the queue with two thread hand-offs fewer.
         """
         job = model.batcher.run_alone(
-            functools.partial(self._decoder.pixels, payload, model.manifest, model.name)
+            functools.partial(self._decoder.pixels, payload, model.manifest, model.name, self._resize_helper)
         )
         try:
             outputs = await self._wait(job, model, deadline, disconnected)

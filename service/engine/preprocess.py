@@ -7,6 +7,7 @@ message fit for the client; the pixel limit is checked from the header, before a
 from __future__ import annotations
 
 import io
+from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,6 +15,7 @@ from PIL import Image
 
 from simpool_serve.service.engine.errors import Kind
 from simpool_serve.service.engine.jpeg import count_scans
+from simpool_serve.service.engine.split_resize import resize_crop
 from simpool_serve.spec import IMAGE_FORMATS, Manifest
 
 _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
@@ -213,7 +215,9 @@ def load_original(data: bytes, max_pixels: int) -> Image.Image:
     return img
 
 
-def prepare(img: Image.Image, size: tuple[int, int], box: tuple, manifest: Manifest) -> np.ndarray:
+def prepare(
+    img: Image.Image, size: tuple[int, int], box: tuple, manifest: Manifest, helper: Executor | None = None
+) -> np.ndarray:
     """Resize the shorter side of the (upright) original to `manifest.resize`, centre-crop to S×S.
 
     `box` is the region of `img` that holds the original of `size` (all of it, unless JPEG draft
@@ -222,9 +226,11 @@ def prepare(img: Image.Image, size: tuple[int, int], box: tuple, manifest: Manif
     moves the filter's taps (pixels differ by up to 7 levels); and running the two passes as two calls
     with the crop's columns cut in between is exact only in the pass order Pillow happens to choose
     (not always horizontal first). Only a very elongated image (over `MAX_RESIZED_PIXELS` once resized)
-    has just its crop's band resized.
+    has just its crop's band resized. With a `helper` thread, the resize and crop are shared with it,
+    with the same pixels (`split_resize`).
     """
     s = manifest.input_size
+    resample = _RESAMPLE[manifest.interpolation]
     rw, rh = resized_size(size[0], size[1], manifest.resize)
     left, top = crop_offsets(rw, rh, s)
     if rw * rh > MAX_RESIZED_PIXELS:
@@ -234,15 +240,17 @@ def prepare(img: Image.Image, size: tuple[int, int], box: tuple, manifest: Manif
         if rh >= rw:
             fy = (y1 - y0) / rh
             band = (x0, y0 + top * fy, x1, y0 + (top + s) * fy)
-            img, rh, top = img.resize((rw, s), _RESAMPLE[manifest.interpolation], box=band), s, 0
+            img, rh, top = img.resize((rw, s), resample, box=band), s, 0
         else:
             fx = (x1 - x0) / rw
             band = (x0 + left * fx, y0, x0 + (left + s) * fx, y1)
-            img, rw, left = img.resize((s, rh), _RESAMPLE[manifest.interpolation], box=band), s, 0
+            img, rw, left = img.resize((s, rh), resample, box=band), s, 0
     else:
         full = box == (0.0, 0.0, float(img.width), float(img.height))
+        if helper is not None and left >= 0 and top >= 0 and ((rw, rh) != img.size or not full):
+            return resize_crop(img, (rw, rh), tuple(float(v) for v in box), (left, top, s), resample, helper)
         if (rw, rh) != img.size or not full:
-            img = img.resize((rw, rh), _RESAMPLE[manifest.interpolation], box=None if full else box)
+            img = img.resize((rw, rh), resample, box=None if full else box)
     if left < 0 or top < 0:  # smaller than the crop on a side: torchvision pads with zeros
         pad_x, pad_y = max(0, s - rw), max(0, s - rh)
         canvas = Image.new("RGB", (rw + pad_x, rh + pad_y))
@@ -253,14 +261,15 @@ def prepare(img: Image.Image, size: tuple[int, int], box: tuple, manifest: Manif
 
 
 def decode(
-    data: bytes, manifest: Manifest, max_pixels: int, draft: bool = True
+    data: bytes, manifest: Manifest, max_pixels: int, draft: bool = True, helper: Executor | None = None
 ) -> tuple[np.ndarray, Geometry]:
     """Encoded image bytes → (uint8 [S, S, 3] RGB, resized and centre-cropped as the manifest says; where
-    that crop lies on the upright original, for mapping the attention back onto the photograph)."""
+    that crop lies on the upright original, for mapping the attention back onto the photograph). With a
+    `helper` thread, the resize is shared with it (`prepare`)."""
     draft_short = DRAFT_MARGIN * manifest.resize if draft else None
     img, size, box = load(data, max_pixels, draft_short)
     try:
-        return prepare(img, size, box, manifest), geometry(size[0], size[1], manifest)
+        return prepare(img, size, box, manifest, helper), geometry(size[0], size[1], manifest)
     except Exception as exc:
         raise ImageError(f"cannot prepare image ({type(exc).__name__}: {exc})") from exc
 

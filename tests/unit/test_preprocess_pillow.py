@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import hashlib
 import io
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from simpool_serve.service.engine.preprocess import decode_image
+from simpool_serve.service.engine.preprocess import decode, decode_image
 from simpool_serve.spec import Manifest, fingerprint, load_manifest, sha256_file
 from tests.helpers.tiny_model import write_tiny_model
 
@@ -56,14 +57,17 @@ def pngs() -> dict[str, bytes]:
     return out
 
 
+@pytest.mark.parametrize("shared", [False, True], ids=["one thread", "resize shared"])
 @pytest.mark.parametrize("interpolation", sorted(FILTERS))
 @pytest.mark.parametrize(("size", "resize"), [(224, 256), (32, 36)])
 def test_png_photographs_equal_the_pillow_reference(
-    pngs: dict[str, bytes], interpolation: str, size: int, resize: int
+    pngs: dict[str, bytes], interpolation: str, size: int, resize: int, shared: bool
 ) -> None:
+    """Decoded on one thread, or with the resize shared with a helper thread (a lone request's)."""
     m = manifest(size, resize, interpolation)
     for name, png in pngs.items():
-        got = decode_image(png, m, 10**8)
+        with ThreadPoolExecutor(1) as helper:
+            got = decode(png, m, 10**8, helper=helper if shared else None)[0]
         assert got.shape == (size, size, 3) and got.dtype == np.uint8
         np.testing.assert_array_equal(got, pillow_reference(Image.open(io.BytesIO(png)), m), err_msg=name)
 
