@@ -13,6 +13,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import numpy as np
+import pybase64
 from PIL import Image
 
 from simpool_serve.service.engine import views
@@ -53,10 +54,13 @@ def payload_bytes(payload: Payload, max_bytes: int) -> bytes:
         text = text.translate(_WHITESPACE)  # (only then: 40 µs for a 500×375 JPEG's base64, the look 4 µs)
     if len(text) // 4 * 3 > max_bytes + 3:  # refused before decoding; exact below
         raise ImageTooLarge(image_bytes_message(len(text) // 4 * 3, max_bytes, about=True))
-    try:
-        data = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise ImageError(f"invalid base64 ({exc})") from exc
+    try:  # SIMD: 5 µs for a 500×375 JPEG's base64, against the standard library's 210 µs
+        data = pybase64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        try:  # what the standard library accepts besides (padding after a whole quantum) stays accepted
+            data = base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ImageError(f"invalid base64 ({exc})") from exc
     if len(data) > max_bytes:
         raise ImageTooLarge(image_bytes_message(len(data), max_bytes))
     return data
