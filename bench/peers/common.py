@@ -29,13 +29,14 @@ def manifest() -> Manifest:
 
 def session() -> ort.InferenceSession:
     """The session the service runs a batch on every thread with: the same options (intra-op threads,
-    one inter-op thread, sequential, every graph optimisation, spinning allowed)."""
+    one inter-op thread, sequential, every graph optimisation, spinning allowed within a run)."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = int(os.environ.get("SIMPOOL_PEER_THREADS", "0")) or (os.cpu_count() or 1)
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.add_session_config_entry("session.intra_op.allow_spinning", "1")
+    opts.add_session_config_entry("session.force_spinning_stop", "1")
     return ort.InferenceSession(
         str(model_folder() / "model.onnx"), sess_options=opts, providers=["CPUExecutionProvider"]
     )
