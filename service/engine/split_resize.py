@@ -41,9 +41,9 @@ def _span(
     read, for a resample of input span [lo, hi] of `length` pixels onto `out`."""
     scale = (hi - lo) / out
     reach = support * max(scale, 1.0)
-    return max(0, math.floor(lo + first * scale - reach) - 1), min(
-        length, math.ceil(lo + last * scale + reach) + 2
-    )
+    start = math.floor(lo + first * scale - reach) - 1
+    end = math.ceil(lo + last * scale + reach) + 2
+    return max(0, start), min(length, end)
 
 
 def _halves(a: int, b: int) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -117,7 +117,7 @@ def agrees(helper: Executor) -> bool:
         ((120, 90), 0.0, (64, 48), (8, 0, 48)),  # landscape: horizontal first
         ((90, 200), 0.0, (48, 106), (0, 29, 48)),  # portrait: vertical first
         ((100, 130), 0.0, (60, 78), (6, 15, 48)),  # height shrinks < 2× the width's pixels: horizontal first
-        ((100, 160), 0.0, (70, 80), (11, 16, 48)),  # just past it: vertical first
+        ((100, 160), 0.0, (70, 80), (11, 16, 48)),  # more than 2×: vertical first
         ((40, 30), 0.0, (64, 48), (8, 0, 48)),  # enlarged
         ((130, 170), 1.7, (48, 62), (0, 7, 48)),  # a fractional box, as after JPEG draft decoding
     )
