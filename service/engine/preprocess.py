@@ -248,7 +248,7 @@ def prepare(
     else:
         full = box == (0.0, 0.0, float(img.width), float(img.height))
         if helper is not None and left >= 0 and top >= 0 and ((rw, rh) != img.size or not full):
-            return resize_crop(img, (rw, rh), tuple(float(v) for v in box), (left, top, s), resample, helper)
+            return resize_crop(img, (rw, rh), box, (left, top, s), resample, helper)
         if (rw, rh) != img.size or not full:
             img = img.resize((rw, rh), resample, box=None if full else box)
     if left < 0 or top < 0:  # smaller than the crop on a side: torchvision pads with zeros
