@@ -32,14 +32,17 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve(model_dir: Path, env: dict[str, str], log: Path) -> Iterator[Served]:
+def serve(
+    model_dir: Path, env: dict[str, str], log: Path, program: list[str] | None = None
+) -> Iterator[Served]:
     """The server runs with this process's environment plus `env`; a start-up failure exits with its log.
-    Its gRPC door gets a free port of its own (8001 may be taken), unless `env` names one."""
+    Its gRPC door gets a free port of its own (8001 may be taken), unless `env` names one. `program`
+    replaces the `simpool-serve` command (one that takes its arguments, as `bench/lone_stages.py`'s)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {"SIMPOOL_GRPC_PORT": str(free_port()), **env}
     grpc_port = int(env["SIMPOOL_GRPC_PORT"])
-    cmd = [str(BIN / "simpool-serve"), "--model-dir", str(model_dir), "--host", "127.0.0.1"]
+    cmd = [*(program or [str(BIN / "simpool-serve")]), "--model-dir", str(model_dir), "--host", "127.0.0.1"]
     cmd += ["--port", str(port)]
     with log.open("wb") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, **env})

@@ -18,25 +18,25 @@ from __future__ import annotations
 
 import argparse
 import atexit
-import contextlib
 import functools
 import inspect
 import itertools
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from launch import free_port
-from traffic import DOOR_NAMES, OneClient, bench_image, doors
+from launch import serve
+from traffic import DOOR_NAMES, Door, OneClient, bench_image, doors
+
+from simpool_serve.service.engine.runner import OnnxRunner
+from simpool_serve.spec import load_manifest
 
 GRAPH = "the graph (batch 1)"
 OWN_GRAPH = "the graph's batch 1 in this process"
@@ -176,6 +176,31 @@ def table(rows: list[dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
+def paired_rounds(
+    client: OneClient, door: Door, graph: OnnxRunner, side: int, pairs: int, gap: float
+) -> list[dict[str, Any]]:
+    """`pairs` rounds (after two that warm every path), each a lone request (its start and end, ns)
+    and the graph's batch 1 in this process (ms), each after `gap` idle seconds, in alternating order."""
+    x = np.random.default_rng(0).integers(0, 256, (1, side, side, 3), np.uint8)
+    rows = []
+    for i in range(pairs + 2):
+        row: dict[str, Any] = {}
+        for which in ("lone", "graph") if i % 2 else ("graph", "lone"):
+            time.sleep(gap)
+            if which == "lone":
+                row["start"] = time.perf_counter_ns()
+                client.seconds(door)
+                row["end"] = time.perf_counter_ns()
+            else:
+                start = time.perf_counter()
+                graph.run(x)
+                row["graph_ms"] = (time.perf_counter() - start) * 1e3
+        if i >= 2:
+            rows.append(row)
+    client.close()
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model-dir", type=Path, default=Path("model_repository"))
@@ -186,56 +211,18 @@ def main() -> None:
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="extra service setting")
     p.add_argument("--json", type=Path, help="also write every round's stages here")
     a = p.parse_args()
-    from simpool_serve.service.engine.runner import OnnxRunner
-    from simpool_serve.spec import load_manifest
-
     folder = a.model_dir / a.model
     manifest = load_manifest(folder / "manifest.json")
     with tempfile.TemporaryDirectory(prefix="lone-stages-") as tmp:
-        repo, out, log = Path(tmp, "repo"), Path(tmp, "stamps.json"), Path(tmp, "serve.log")
+        repo, out = Path(tmp, "repo"), Path(tmp, "stamps.json")
         repo.mkdir()
         (repo / a.model).symlink_to(folder.resolve())
-        port = free_port()
-        env = {**os.environ, "SIMPOOL_GRPC_PORT": "0", **dict(kv.split("=", 1) for kv in a.env)}
-        argv = ["--model-dir", str(repo), "--host", "127.0.0.1", "--port", str(port)]
-        cmd = [sys.executable, __file__, "--serve-probed", str(out), *argv]
-        with log.open("wb") as fh:
-            proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
-        try:
-            url = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 300
-            while True:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"the probed server did not start:\n{log.read_text()}")
-                with contextlib.suppress(OSError):
-                    if urllib.request.urlopen(f"{url}/readyz", timeout=2).status == 200:
-                        break
-                time.sleep(0.3)
+        env = {"SIMPOOL_GRPC_PORT": "0", **dict(kv.split("=", 1) for kv in a.env)}
+        probed = [sys.executable, __file__, "--serve-probed", str(out)]
+        with serve(repo, env, Path(tmp, "serve.log"), program=probed) as server:
             door = next(d for d in doors(a.model, bench_image()) if d.name == a.door)
-            client = OneClient(url)
             graph = OnnxRunner(folder / "model.onnx", None, os.cpu_count() or 1)
-            x = np.random.default_rng(0).integers(
-                0, 256, (1, manifest.input_size, manifest.input_size, 3), np.uint8
-            )
-            rows = []
-            for i in range(a.pairs + 2):  # the first two warm every path
-                row: dict[str, Any] = {}
-                for side in ("lone", "graph") if i % 2 else ("graph", "lone"):
-                    time.sleep(a.gap)
-                    if side == "lone":
-                        row["start"] = time.perf_counter_ns()
-                        client.seconds(door)
-                        row["end"] = time.perf_counter_ns()
-                    else:
-                        start = time.perf_counter()
-                        graph.run(x)
-                        row["graph_ms"] = (time.perf_counter() - start) * 1e3
-                if i >= 2:
-                    rows.append(row)
-            client.close()
-        finally:
-            proc.terminate()
-            proc.wait(timeout=60)
+            rows = paired_rounds(OneClient(server.url), door, graph, manifest.input_size, a.pairs, a.gap)
         stages = rounds_of(rows, json.loads(out.read_text()))
     print(
         f"\n{a.model}, {a.door}, one 500×375 JPEG per request, {a.pairs} rounds, {a.gap:g} s idle before "
