@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import torch
 
+from simpool_serve.export.checks import check_session
 from simpool_serve.export.graph import ServingGraph
 from simpool_serve.spec import INPUT, SCALE_INPUT
 
@@ -42,7 +42,7 @@ def check_parity(
     other_views: Sequence[tuple[int, int, int, float]] = OTHER_VIEWS,
 ) -> dict[str, float]:
     """Worst relative error per output name over the export size's batches and the other views."""
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    session = check_session(onnx_path)
     names = [o.name for o in session.get_outputs()]
     rng = np.random.default_rng(seed)
     worst = dict.fromkeys(names, 0.0)

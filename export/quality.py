@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
+
+from simpool_serve.export.checks import check_session
 
 MIN_COSINE = 0.99
 
@@ -28,7 +29,7 @@ class Agreement:
 
 
 def _run(path: Path, pixels: np.ndarray) -> dict[str, np.ndarray]:
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = check_session(path)
     names = [o.name for o in session.get_outputs()]
     return dict(zip(names, session.run(names, {"images": pixels}), strict=True))
 

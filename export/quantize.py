@@ -23,6 +23,7 @@ from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, 
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from simpool_serve.export.calibration import CalibrationSet, ImageReader, load_pixels
+from simpool_serve.export.checks import errors_only
 from simpool_serve.export.quality import Agreement, compare
 from simpool_serve.spec import Manifest
 
@@ -82,7 +83,7 @@ def quantize_graph(
     keep_head_float: bool = True,
 ) -> None:
     """Writes the QDQ INT8 version of `fp32_path` to `int8_path`, calibrated on `calibration`."""
-    with tempfile.TemporaryDirectory(dir=int8_path.parent) as tmp:
+    with tempfile.TemporaryDirectory(dir=int8_path.parent) as tmp, errors_only():
         prepared = Path(tmp) / "prepared.onnx"
         # Shape inference and constant folding first, as onnxruntime's quantizer asks: it needs shapes
         # to choose per-channel axes and quantizes nothing it cannot type.
