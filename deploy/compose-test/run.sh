@@ -14,7 +14,8 @@
 #      Prometheus on 127.0.0.1:9090; check.py sends /embed and the rest through nginx
 #   5. a second replica (--scale simpool=2) to check the drain on SIGTERM; down, nothing left behind
 #
-# The built image and the base images stay in podman's storage: the next run's build cache.
+# The built image and the base images stay in podman's storage: the next run's build cache; the image a
+# build replaces is removed.
 # Ports 8000 and 9090 of this machine must be free (the stack publishes its defaults).
 # SIMPOOL_VENV_BIN: bin/ of the project's venv (default .venv/bin), for simpool-export and check.py.
 set -euo pipefail
@@ -96,6 +97,7 @@ for spec in resnet50_simpool=resnet50 vit_small_simpool=vit_small_patch16_224; d
 done
 
 step "image $image (target runtime-cpu of ./Dockerfile)"
+previous=$(podman image inspect --format '{{.Id}}' "$image" 2>/dev/null || true)
 # --format docker: the OCI format has no HEALTHCHECK. The bind mount exists during RUN steps only.
 podman build --quiet --format docker --target runtime-cpu \
     --build-arg PYTHON_IMAGE="$PYTHON_IMAGE" \
@@ -103,6 +105,11 @@ podman build --quiet --format docker --target runtime-cpu \
     "${trust[@]}" \
     --tag "$image" . >"$state/build.log" 2>&1 || { cat "$state/build.log"; exit 1; }
 "$here/image-facts.sh" "$image" "$PYTHON_IMAGE"
+# The image this build replaced would stay untagged (0.7 GB a run, kept by every run): removed. The new
+# image's layers stay as the next run's cache.
+if [ -n "$previous" ] && [ "$previous" != "$(podman image inspect --format '{{.Id}}' "$image")" ]; then
+    podman rmi "$previous" >/dev/null 2>&1 || echo "  the previous $image ($previous) is still in use; kept"
+fi
 
 step "runtime-gpu"
 cuda_image=$(sed -n 's/^ARG CUDA_IMAGE=//p' Dockerfile)
