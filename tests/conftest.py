@@ -11,15 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import DOOR_KEY, SMALL_MODELS, Server, run_export, start_server, write_photos
+from tests.helpers import DOOR_KEY, SMALL_MODELS, Server, run_exports, start_server, write_photos
 
 
 @pytest.fixture(scope="session")
 def model_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model repository with resnet18 (1000 classes) and vit_tiny (no classifier), random init."""
     root = tmp_path_factory.mktemp("model_repository")
-    for name, args in SMALL_MODELS.items():
-        run_export(root / name, *args, "--name", name, "--random-init", "--seed", "0")
+    seeded = ("--random-init", "--seed", "0")
+    run_exports({root / name: (*args, "--name", name, *seeded) for name, args in SMALL_MODELS.items()})
     return root
 
 

@@ -4,7 +4,15 @@ Each concern has its module; the names most tests use are re-exported here.
 """
 
 from tests.helpers.photos import write_photos
-from tests.helpers.process import BIN, REPO_ROOT, free_port, run_export, running_process, wait_ready
+from tests.helpers.process import (
+    BIN,
+    REPO_ROOT,
+    free_port,
+    run_export,
+    run_exports,
+    running_process,
+    wait_ready,
+)
 from tests.helpers.server import DOOR_KEY, SMALL_MODELS, Server, start_server
 from tests.helpers.vectors import cosine
 
@@ -17,6 +25,7 @@ __all__ = [
     "cosine",
     "free_port",
     "run_export",
+    "run_exports",
     "running_process",
     "start_server",
     "wait_ready",

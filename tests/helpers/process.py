@@ -7,7 +7,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -23,6 +24,14 @@ def run_export(out: Path, *args: str, check: bool = True) -> subprocess.Complete
     if check and proc.returncode != 0:
         raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def run_exports(jobs: Mapping[Path, Sequence[str]]) -> dict[Path, subprocess.CompletedProcess[str]]:
+    """Runs one `simpool-export` per output folder, two at a time: most of an export is PyTorch's
+    single-threaded tracing, so on two cores a pair takes little longer than one."""
+    with ThreadPoolExecutor(2) as pool:
+        futures = {out: pool.submit(run_export, out, *args) for out, args in jobs.items()}
+    return {out: future.result() for out, future in futures.items()}
 
 
 def free_port() -> int:

@@ -34,7 +34,7 @@ from PIL import Image
 from simpool_serve.models.checkpoint import import_checkpoint, load_weights, resolve_config, save_checkpoint
 from simpool_serve.models.model import ModelConfig, build_model
 from simpool_serve.models.safe_load import load_file
-from tests.helpers import run_export
+from tests.helpers import run_export, run_exports
 from tests.unit.test_simpool_head import layer_norm, rel_err, simpool_reference
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -250,11 +250,8 @@ def exported(
 ) -> dict[str, tuple[Path, str]]:
     """Each layout exported once through the real CLI (no --arch: it comes from the checkpoint's args)."""
     root = tmp_path_factory.mktemp("exported_layouts")
-    out = {}
-    for name, layout in layouts.items():
-        proc = run_export(root / name, "--checkpoint", str(layout.path))
-        out[name] = (root / name, proc.stdout)
-    return out
+    procs = run_exports({root / name: ("--checkpoint", str(layout.path)) for name, layout in layouts.items()})
+    return {name: (root / name, procs[root / name].stdout) for name in layouts}
 
 
 def crops(photos: dict[str, Path], manifest: dict) -> np.ndarray:
