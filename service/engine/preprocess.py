@@ -247,9 +247,9 @@ def prepare(
             img, rw, left = img.resize((s, rh), resample, box=band), s, 0
     else:
         full = box == (0.0, 0.0, float(img.width), float(img.height))
-        if helper is not None and left >= 0 and top >= 0 and ((rw, rh) != img.size or not full):
-            return resize_crop(img, (rw, rh), box, (left, top, s), resample, helper)
         if (rw, rh) != img.size or not full:
+            if helper is not None and left >= 0 and top >= 0:
+                return resize_crop(img, (rw, rh), box, (left, top, s), resample, helper)
             img = img.resize((rw, rh), resample, box=None if full else box)
     if left < 0 or top < 0:  # smaller than the crop on a side: torchvision pads with zeros
         pad_x, pad_y = max(0, s - rw), max(0, s - rh)
